@@ -1,0 +1,29 @@
+"""lightning_mlcycle: PyTorch Lightning plugins for the whole machine-learning cycle.
+
+Before training (``data``), during training (``diagnosis``, ``tuning``), after training
+(``compression``, ``export``) and after deployment (``monitoring``). The most used parts are
+re-exported here.
+"""
+
+from lightning_mlcycle._errors import MLCycleError
+from lightning_mlcycle.data import (
+    ArrayDataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    find_leakage,
+    stratified_split,
+)
+from lightning_mlcycle.models import ClassificationModule, create_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayDataModule",
+    "ClassificationModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "MLCycleError",
+    "create_model",
+    "find_leakage",
+    "stratified_split",
+]

@@ -1,0 +1,24 @@
+"""The stages of ``mlcycle``, in the order they run.
+
+A stage is a function ``stage(ctx: RunContext) -> None`` that reads ``ctx.cfg``, does its work in
+``ctx.run_dir`` and records results in ``ctx.summary`` / ``ctx.artifacts``. A stage whose config
+node (``ctx.cfg[name]``) has ``enabled: false`` is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lightning_mlcycle.cli.context import RunContext
+from lightning_mlcycle.cli.stages.train import build_stage, fit_stage, test_stage
+
+Stage = Callable[[RunContext], None]
+
+#: (name, function, config node that can disable it or None when always on)
+STAGES: list[tuple[str, Stage, str | None]] = [
+    ("build", build_stage, None),
+    ("fit", fit_stage, None),
+    ("test", test_stage, None),
+]
+
+__all__ = ["STAGES", "Stage"]

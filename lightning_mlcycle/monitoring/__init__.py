@@ -1,0 +1,3 @@
+"""After deployment: reference profile, drift detectors, DriftMonitor and stress test."""
+
+__all__: list[str] = []
