@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> RunContext:
     start = time.perf_counter()
     for name, stage, node in STAGES:
         if node is not None:
-            section = cfg.get(node)
+            section = OmegaConf.select(cfg, node)
             if section is None or not section.get("enabled", True):
                 continue
         t0 = time.perf_counter()
