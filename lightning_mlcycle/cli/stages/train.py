@@ -88,6 +88,10 @@ def build_stage(ctx: RunContext) -> None:
         for name, node in (cfg.get("callbacks") or {}).items()
         if node is not None and "_target_" in node
     ]
+    if OmegaConf.select(cfg, "tuning.throughput", default=False):
+        from lightning_mlcycle.tuning import ThroughputTuner
+
+        callbacks.append(ThroughputTuner())
     loggers = [
         _instantiate(node, f"logger.{name}")
         for name, node in (cfg.get("logger") or {}).items()
