@@ -279,7 +279,7 @@ class ArrayDataModule(SplitDataModule):
         >>> dm = ArrayDataModule(rng.normal(size=(90, 4)), np.repeat([0, 1, 2], 30), batch_size=8)
         >>> dm.setup()
         >>> dm.num_classes, dm.input_shape, len(dm.indices["test"])
-        (3, (4,), 15)
+        (3, (4,), 12)
     """
 
     def __init__(

@@ -108,7 +108,7 @@ class ImageFolderDataModule(SplitDataModule):
         >>> for c in ("cat", "dog"):
         ...     (root / c).mkdir()
         ...     for i in range(10):
-        ...         px = np.full((6, 6, 3), 25 * i + (100 if c == "dog" else 0), dtype=np.uint8)
+        ...         px = np.full((6, 6, 3), 20 * i + (60 if c == "dog" else 0), dtype=np.uint8)
         ...         Image.fromarray(px).save(root / c / f"{i}.png")
         >>> dm = ImageFolderDataModule(root, image_size=8, batch_size=4)
         >>> dm.setup()
