@@ -94,8 +94,16 @@ def test_mlcycle_run_writes_tensorboard_metrics_and_summary(compose_cfg):
         scalars |= set(acc.Tags()["scalars"])
         images |= set(acc.Tags()["images"])
         hparams |= "_hparams_/session_start_info" in acc.summary_metadata
-    for tag in ("train/loss_step", "val/loss", "val/acc", "val/f1", "val/precision", "val/recall",
-                "test/acc", "test/f1"):
+    for tag in (
+        "train/loss_step",
+        "val/loss",
+        "val/acc",
+        "val/f1",
+        "val/precision",
+        "val/recall",
+        "test/acc",
+        "test/f1",
+    ):
         assert tag in scalars, (tag, sorted(scalars))
     assert "test/confusion_matrix" in images
     assert hparams, "the HParams summary was not written"
@@ -121,21 +129,28 @@ def test_checkpoint_reloads_with_weights_only(compose_cfg):
 
 
 def test_unknown_group_option_names_the_group_and_the_choices(compose_cfg):
-    with pytest.raises(MissingConfigException, match=r"(?s)Could not find 'model/nope'.*Available options in 'model'.*cnn"):
+    with pytest.raises(
+        MissingConfigException,
+        match=r"(?s)Could not find 'model/nope'.*Available options in 'model'.*cnn",
+    ):
         compose_cfg("model=nope")
 
 
 @pytest.mark.parametrize("epochs", [-1, 0])
 def test_non_positive_epochs_fail_before_training(compose_cfg, epochs):
     cfg = compose_cfg(f"trainer.max_epochs={epochs}")
-    with pytest.raises(MLCycleError, match=r"`trainer.max_epochs` must be a positive integer, but got"):
+    with pytest.raises(
+        MLCycleError, match=r"`trainer.max_epochs` must be a positive integer, but got"
+    ):
         run(cfg)
     assert not (Path(cfg.run_dir) / "checkpoints").exists()
 
 
 def test_missing_data_folder_fails_naming_the_path(compose_cfg, tmp_path):
     cfg = compose_cfg("data=image_folder", f"data.root={tmp_path / 'missing'}")
-    with pytest.raises(MLCycleError, match=r"Config `data`: `data.root`: the image folder .*missing"):
+    with pytest.raises(
+        MLCycleError, match=r"Config `data`: `data.root`: the image folder .*missing"
+    ):
         run(cfg)
 
 
@@ -152,7 +167,9 @@ def test_data_folder_with_one_class_fails(compose_cfg, tmp_path):
 
 def test_bad_value_in_a_group_names_the_key(compose_cfg):
     cfg = compose_cfg("data.batch_size=-4")
-    with pytest.raises(MLCycleError, match=r"Config `data`: `batch_size` must be a positive integer, but got -4"):
+    with pytest.raises(
+        MLCycleError, match=r"Config `data`: `batch_size` must be a positive integer, but got -4"
+    ):
         run(cfg)
 
 
@@ -160,17 +177,33 @@ def test_bad_value_in_a_group_names_the_key(compose_cfg):
 def test_console_script_end_to_end(tmp_path):
     """`mlcycle` as a user runs it: the console script, Hydra's run dir, the rich summary."""
     exe = Path(sys.executable).with_name("mlcycle")
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "lightning_mlcycle.cli.main"])]
+    cmd = [
+        str(exe) if exe.exists() else sys.executable,
+        *([] if exe.exists() else ["-m", "lightning_mlcycle.cli.main"]),
+    ]
     out = subprocess.run(
-        [*cmd, "model=mlp", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}",
-         "trainer.enable_progress_bar=false"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            *cmd,
+            "model=mlp",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "trainer.enable_progress_bar=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy" in out.stdout and "tensorboard --logdir" in out.stdout
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
-    bad = subprocess.run([*cmd, "model=nope", f"hydra.run.dir={tmp_path / 'bad'}"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    bad = subprocess.run(
+        [*cmd, "model=nope", f"hydra.run.dir={tmp_path / 'bad'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert bad.returncode != 0
     assert "Could not find 'model/nope'" in bad.stderr
 
@@ -182,15 +215,16 @@ def test_user_config_dir_adds_options(tmp_path):
 
     user = tmp_path / "my_conf" / "model"
     user.mkdir(parents=True)
-    (user / "tiny.yaml").write_text(
-        "defaults:\n  - mlp\n  - _self_\nbackbone:\n  hidden: [16]\n"
-    )
+    (user / "tiny.yaml").write_text("defaults:\n  - mlp\n  - _self_\nbackbone:\n  hidden: [16]\n")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
             config_name="mlcycle",
-            overrides=["model=tiny", "run_dir=x",
-                       f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"],
+            overrides=[
+                "model=tiny",
+                "run_dir=x",
+                f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+            ],
         )
     GlobalHydra.instance().clear()
     assert list(cfg.model.backbone.hidden) == [16]

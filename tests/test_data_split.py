@@ -30,7 +30,9 @@ def test_stratified_split_keeps_class_shares_and_is_disjoint(seed):
     for part, share in zip(parts, (0.7, 0.15, 0.15), strict=True):
         counts = np.bincount(labels[part], minlength=5)
         # every class within one sample of its exact share
-        np.testing.assert_array_less(np.abs(counts - share * np.bincount(labels, minlength=5)), 1.0 + 1e-9)
+        np.testing.assert_array_less(
+            np.abs(counts - share * np.bincount(labels, minlength=5)), 1.0 + 1e-9
+        )
         np.testing.assert_allclose(counts / len(part), whole, atol=0.02)
 
 
@@ -108,7 +110,10 @@ def test_array_datamodule_warns_and_drops_planted_duplicates(caplog):
     assert "7 sample(s) appear in more than one split" in caplog.text
     drop_dm = ArrayDataModule(x2, y, seed=0, leakage="drop")
     drop_dm.setup()
-    assert len(drop_dm.indices["val"]) + len(drop_dm.indices["test"]) == len(dm.indices["val"]) + len(dm.indices["test"]) - 7
+    assert (
+        len(drop_dm.indices["val"]) + len(drop_dm.indices["test"])
+        == len(dm.indices["val"]) + len(dm.indices["test"]) - 7
+    )
     with pytest.raises(MLCycleError, match="appear in more than one split"):
         ArrayDataModule(x2, y, seed=0, leakage="raise").setup()
 
@@ -144,7 +149,9 @@ def test_image_folder_datamodule_end_to_end(tmp_path):
 
 def test_image_folder_missing_folder_fails_naming_the_path(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(MLCycleError, match=r"`data.root`: the image folder .*nope.* does not exist"):
+    with pytest.raises(
+        MLCycleError, match=r"`data.root`: the image folder .*nope.* does not exist"
+    ):
         ImageFolderDataModule(missing)
 
 

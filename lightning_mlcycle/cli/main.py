@@ -39,9 +39,13 @@ def validate_config(cfg: DictConfig) -> None:
         )
     for key in ("data", "model", "trainer"):
         if key not in cfg or cfg[key] is None:
-            raise MLCycleError(f"The config has no `{key}` group; choose one with `{key}=<option>`.")
+            raise MLCycleError(
+                f"The config has no `{key}` group; choose one with `{key}=<option>`."
+            )
     if "backbone" not in cfg.model:
-        raise MLCycleError("`model.backbone` is missing: the model config must say which network to train.")
+        raise MLCycleError(
+            "`model.backbone` is missing: the model config must say which network to train."
+        )
 
 
 def run(cfg: DictConfig) -> RunContext:
@@ -89,12 +93,17 @@ def print_summary(ctx: RunContext) -> None:
     table = Table(title="mlcycle summary", show_header=True, header_style="bold")
     table.add_column("what")
     table.add_column("value", overflow="fold")
-    for label, key in (("test accuracy", "test/acc"), ("test macro F1", "test/f1"),
-                       ("test loss", "test/loss")):
+    for label, key in (
+        ("test accuracy", "test/acc"),
+        ("test macro F1", "test/f1"),
+        ("test loss", "test/loss"),
+    ):
         if key in s:
             table.add_row(label, f"{s[key]:.4f}")
     for key, value in s.items():
-        if key.startswith(("test/", "time/", "data/", "fit/")) or not isinstance(value, (int, float, str)):
+        if key.startswith(("test/", "time/", "data/", "fit/")) or not isinstance(
+            value, (int, float, str)
+        ):
             continue
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     if "time/total_s" in s:

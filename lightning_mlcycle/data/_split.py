@@ -42,7 +42,9 @@ def stratified_split(
     """
     y = np.asarray(labels)
     if y.ndim != 1:
-        raise ValueError(f"Expected argument `labels` to be one-dimensional, but got shape {y.shape}.")
+        raise ValueError(
+            f"Expected argument `labels` to be one-dimensional, but got shape {y.shape}."
+        )
     fr = np.asarray(list(fractions), dtype=float)
     if fr.size < 2 or np.any(fr <= 0) or not np.isclose(fr.sum(), 1.0):
         raise ValueError(

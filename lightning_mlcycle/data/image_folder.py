@@ -130,7 +130,9 @@ class ImageFolderDataModule(SplitDataModule):
             raise MLCycleError(f"`channels` must be 1 or 3, but got {channels!r}.")
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or any(int(s) < 1 for s in size):
-            raise MLCycleError(f"`image_size` must be a positive int or (h, w), but got {image_size!r}.")
+            raise MLCycleError(
+                f"`image_size` must be a positive int or (h, w), but got {image_size!r}."
+            )
         self.root = Path(root).expanduser()
         self.image_size = (int(size[0]), int(size[1]))
         self.channels = channels

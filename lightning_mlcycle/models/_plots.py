@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 
 
-def confusion_matrix_figure(cm: torch.Tensor, class_names: Sequence[str]):  # noqa: ANN201
-    """A confusion-matrix heat map with counts in the cells (rows: true, columns: predicted)."""
+def confusion_matrix_figure(cm: torch.Tensor, class_names: Sequence[str]):  # noqa: ANN201, ANN202
+    """Draw a confusion-matrix heat map with counts in the cells (rows: true, columns: predicted)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -26,7 +26,14 @@ def confusion_matrix_figure(cm: torch.Tensor, class_names: Sequence[str]):  # no
     for i in range(n):
         for j in range(n):
             v = int(cm[i, j])
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                    color="white" if v > peak / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v > peak / 2 else "black",
+            )
     fig.tight_layout()
     return fig

@@ -104,7 +104,9 @@ class ClassificationModule(pl.LightningModule):
 
             backbone = instantiate(dict(backbone_config))
         if not isinstance(backbone, nn.Module):
-            raise MLCycleError(f"`backbone` must be a torch.nn.Module, but got {type(backbone).__name__}.")
+            raise MLCycleError(
+                f"`backbone` must be a torch.nn.Module, but got {type(backbone).__name__}."
+            )
         # plain Python containers only, so checkpoints load with torch.load(weights_only=True)
         class_names = _plain(class_names)
         backbone_config = _plain(backbone_config)
@@ -117,7 +119,9 @@ class ClassificationModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        )
         metrics = classification_metrics(num_classes)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -137,10 +141,18 @@ class ClassificationModule(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         metrics.update(logits.detach(), y)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
-                 batch_size=y.shape[0], sync_dist=not on_step)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train",
-                      batch_size=y.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=y.shape[0],
+            sync_dist=not on_step,
+        )
+        self.log_dict(
+            metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=y.shape[0]
+        )
         if stage == "test":
             self.test_confusion.update(logits.detach(), y)
         return loss
@@ -178,8 +190,11 @@ class ClassificationModule(pl.LightningModule):
             return
         from lightning_mlcycle.models._plots import confusion_matrix_figure
 
-        writer.add_figure("test/confusion_matrix", confusion_matrix_figure(cm, self.class_names),
-                          global_step=self.global_step)
+        writer.add_figure(
+            "test/confusion_matrix",
+            confusion_matrix_figure(cm, self.class_names),
+            global_step=self.global_step,
+        )
         metrics = {f"hp/{k.split('/', 1)[1]}": v for k, v in self.final_test_metrics.items()}
         params = _flat_hparams(self.hparams)
         for logger in self.trainer.loggers:

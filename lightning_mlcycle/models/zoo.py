@@ -1,5 +1,7 @@
-"""A small model zoo: MLP, small CNN, and torchvision's resnet18 / mobilenet_v3_small adapted to
-small inputs and any number of classes and channels (random init, nothing downloaded).
+"""A small model zoo: MLP, small CNN, torchvision's resnet18 and mobilenet_v3_small.
+
+The torchvision models are adapted to small inputs and any number of classes and channels
+(random init, nothing downloaded).
 
 Every builder takes ``num_classes`` and ``input_shape`` (one sample's shape without the batch
 dimension: ``(C, H, W)`` for images, ``(F,)`` for tabular data), so the CLI can fill both from the
@@ -119,7 +121,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         shape = _check(num_classes, input_shape)
         if len(shape) != 3:
-            raise MLCycleError(f"SmallCNN needs image inputs (C, H, W), but got input_shape={shape}.")
+            raise MLCycleError(
+                f"SmallCNN needs image inputs (C, H, W), but got input_shape={shape}."
+            )
         if not isinstance(width, int) or width < 1:
             raise MLCycleError(f"`width` must be a positive integer, but got {width!r}.")
         if not 0.0 <= dropout < 1.0:
@@ -141,7 +145,9 @@ class SmallCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.head = nn.Sequential(nn.Dropout(dropout) if dropout > 0 else nn.Identity(), nn.Linear(w2, num_classes))
+        self.head = nn.Sequential(
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(), nn.Linear(w2, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, num_classes)."""
@@ -149,7 +155,7 @@ class SmallCNN(nn.Module):
 
 
 def resnet18(num_classes: int, input_shape: Sequence[int], small_input: bool = True) -> nn.Module:
-    """torchvision's ResNet-18 (random init) for any channels/classes.
+    """Torchvision's ResNet-18 (random init) for any channels/classes.
 
     With ``small_input`` (inputs of 64 px or less, e.g. CIFAR or digits) the 7x7 stride-2 stem
     and the max-pool are replaced by a 3x3 stride-1 conv, as is usual for 32x32 images.
@@ -173,7 +179,7 @@ def resnet18(num_classes: int, input_shape: Sequence[int], small_input: bool = T
 def mobilenet_v3_small(
     num_classes: int, input_shape: Sequence[int], small_input: bool = True, dropout: float = 0.2
 ) -> nn.Module:
-    """torchvision's MobileNetV3-Small (random init) for any channels/classes.
+    """Torchvision's MobileNetV3-Small (random init) for any channels/classes.
 
     With ``small_input`` the stride-2 stem becomes stride 1, so 8x8 to 64x64 inputs keep enough
     resolution through the network.
@@ -196,7 +202,9 @@ def mobilenet_v3_small(
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], *, overwrite: bool = False) -> None:
+def register_model(
+    name: str, builder: Callable[..., nn.Module], *, overwrite: bool = False
+) -> None:
     """Add a builder ``builder(num_classes, input_shape, **kwargs)`` to the zoo under ``name``.
 
     Raises:
@@ -212,7 +220,9 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int, input_shape: Sequence[int], **kwargs: object) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, input_shape: Sequence[int], **kwargs: object
+) -> nn.Module:
     """Build a zoo model by name.
 
     Example:
