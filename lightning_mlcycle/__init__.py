@@ -14,6 +14,7 @@ from lightning_mlcycle.data import (
     stratified_split,
 )
 from lightning_mlcycle.models import ClassificationModule, create_model
+from lightning_mlcycle.tuning.optuna_pruning import OptunaPruning
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "DigitsDataModule",
     "ImageFolderDataModule",
     "MLCycleError",
+    "OptunaPruning",
     "create_model",
     "find_leakage",
     "stratified_split",

@@ -92,6 +92,12 @@ def build_stage(ctx: RunContext) -> None:
         from lightning_mlcycle.tuning import ThroughputTuner
 
         callbacks.append(ThroughputTuner())
+    # in an `mlcycle -m` sweep with a pruner: report to the sweeper's Optuna trial (via storage)
+    from lightning_mlcycle.tuning.optuna_pruning import OptunaPruning
+
+    pruning = OptunaPruning.from_environment()
+    if pruning is not None:
+        callbacks.append(pruning)
     loggers = [
         _instantiate(node, f"logger.{name}")
         for name, node in (cfg.get("logger") or {}).items()
