@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lightning_mlcycle.cli.context import RunContext
+from lightning_mlcycle.cli.stages.export import export_stage
 from lightning_mlcycle.cli.stages.train import build_stage, fit_stage, test_stage
 
 Stage = Callable[[RunContext], None]
@@ -19,6 +20,7 @@ STAGES: list[tuple[str, Stage, str | None]] = [
     ("build", build_stage, None),
     ("fit", fit_stage, None),
     ("test", test_stage, None),
+    ("export", export_stage, "export"),  # after compress/quantize/distill, before monitor
 ]
 
 __all__ = ["STAGES", "Stage"]
