@@ -15,17 +15,29 @@ from lightning_mlcycle.compression.magnitude_pruning import (
     prunable_parameters,
     sparsity_stats,
 )
+from lightning_mlcycle.compression.structured_pruning import (
+    PruningResult,
+    StructuredPruning,
+    load_pruned,
+    save_pruned,
+    structured_prune,
+)
 
 __all__: list[str] = [
     "DistillationLoss",
     "DistillationModule",
     "LinearSchedule",
     "MagnitudePruning",
+    "PruningResult",
+    "StructuredPruning",
     "compute_masks",
     "distillation_loss",
     "iterative_sparsity",
+    "load_pruned",
     "magnitude_prune",
     "polynomial_sparsity",
     "prunable_parameters",
+    "save_pruned",
     "sparsity_stats",
+    "structured_prune",
 ]

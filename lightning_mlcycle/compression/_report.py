@@ -126,7 +126,7 @@ def model_report(
     Example:
         >>> row = model_report(nn.Linear(4, 2), torch.zeros(1, 4), repeats=2)
         >>> row["params"], row["macs"]
-        (10, 8)
+        (10, 10)
     """
     params, nonzero = count_params(model)
     size, zipped = serialized_size(model)
