@@ -367,9 +367,14 @@ def measure(
     """Run ``warmup_steps + steps`` real training steps on ``loader`` and time them.
 
     ``step(batch)`` trains on one batch and returns its number of samples. The first batch's
-    extra time over a steady step is the epoch start-up cost; the warm-up steps fill the workers'
-    prefetch queues and are not timed.
+    extra time over a steady step is the epoch start-up cost; the warm-up steps (at least the
+    batches the workers prefetch, plus one) are not timed.
     """
+    if settings.num_workers > 0:
+        # workers fill `num_workers * prefetch_factor` batches ahead while the first arrives;
+        # timing those would measure the buffer, not the pipeline, so drain them untimed first
+        buffered = settings.num_workers * (settings.prefetch_factor or 2)
+        warmup_steps = max(warmup_steps, buffered + 1)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(settings.num_threads)
     m = Measurement(settings)
