@@ -72,8 +72,8 @@ def distribution_from_override(override: Override, key: str) -> BaseDistribution
     """The Optuna distribution of a sweep override, or None for a plain (fixed) value.
 
     ``choice(a,b)`` and ``a,b`` -> categorical; ``range(a,b,step=s)`` -> the values of Python's
-    ``range`` (ints or floats, b excluded); ``interval(a,b)`` -> uniform (int when both ends are
-    ints); ``tag(log, interval(a,b))`` -> log-uniform. ``key`` names the config key in errors.
+    ``range`` (ints or floats, b excluded); ``interval(a,b)`` -> float uniform
+    (``int(interval(a,b))`` -> int); ``tag(log, interval(a,b))`` -> log-uniform. ``key`` names the config key in errors.
 
     Example:
         >>> from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -144,7 +144,7 @@ def parse_search_space(
     """
     parser = OverridesParser.create()
     lines: list[tuple[str, str]] = []
-    for name, value in (params or {}).items():
+    for name, value in _flatten(params or {}).items():
         text = value if isinstance(value, str) else OmegaConf.to_yaml(value).strip() \
             if isinstance(value, (DictConfig, ListConfig)) else str(value)
         if isinstance(value, bool):
@@ -181,6 +181,19 @@ def _as_text(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{_as_text(v)}" for k, v in value.items()) + "}"
     return format_value(value)
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"lr": "interval(..)"}}`` (e.g. from ``+hydra.sweeper.params.model.lr=...``)
+    as ``{"model.lr": "interval(..)"}``."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (Mapping, DictConfig)):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def format_value(value: Any) -> str:
@@ -361,15 +374,16 @@ class SweeperImpl:
                     compose(fixed + [sample(name, dist)])
                 except Exception as one:
                     raise MLCycleError(
-                        f"`hydra.sweeper.params.{name}`: not a key of the config ({one})"
+                        f"Swept parameter `{name}` (hydra.sweeper.params or command line) is not "
+                        f"a key of the config: {one}"
                     ) from None
             raise MLCycleError(f"The sweep's fixed overrides {fixed} do not compose: {err}") from None
         for name in space:
             if not prefixes[name] and "=" not in name and OmegaConf.select(
                     composed, name, default="__missing__") == "__missing__":
                 raise MLCycleError(
-                    f"`hydra.sweeper.params.{name}`: not a key of the config; add it with "
-                    f"'+{name}' if it is new."
+                    f"Swept parameter `{name}` (hydra.sweeper.params or command line) is not a "
+                    f"key of the config; write '+{name}' to add a new key."
                 )
         metric = composed.get("optimized_metric", "__absent__")
         if metric is None:
