@@ -1,10 +1,25 @@
 """After training: pruning, low rank, compact convolutions, quantization, binarization, distillation."""
 
+from lightning_mlcycle.compression.compact_conv import (
+    CompactConvolutions,
+    apply_compact,
+    compact_convolutions,
+    depthwise_separable,
+)
 from lightning_mlcycle.compression.distillation import (
     DistillationLoss,
     DistillationModule,
     LinearSchedule,
     distillation_loss,
+)
+from lightning_mlcycle.compression.low_rank import (
+    LowRankFactorization,
+    LowRankReport,
+    apply_ranks,
+    factorize_conv,
+    factorize_linear,
+    low_rank_factorize,
+    rank_for,
 )
 from lightning_mlcycle.compression.magnitude_pruning import (
     MagnitudePruning,
@@ -24,19 +39,30 @@ from lightning_mlcycle.compression.structured_pruning import (
 )
 
 __all__: list[str] = [
+    "CompactConvolutions",
     "DistillationLoss",
     "DistillationModule",
     "LinearSchedule",
+    "LowRankFactorization",
+    "LowRankReport",
     "MagnitudePruning",
     "PruningResult",
     "StructuredPruning",
+    "apply_compact",
+    "apply_ranks",
+    "compact_convolutions",
     "compute_masks",
+    "depthwise_separable",
     "distillation_loss",
+    "factorize_conv",
+    "factorize_linear",
     "iterative_sparsity",
     "load_pruned",
+    "low_rank_factorize",
     "magnitude_prune",
     "polynomial_sparsity",
     "prunable_parameters",
+    "rank_for",
     "save_pruned",
     "sparsity_stats",
     "structured_prune",
