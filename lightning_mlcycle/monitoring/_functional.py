@@ -15,11 +15,15 @@ _EPS = 1e-12
 
 def _as_2d(x: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected argument `{name}` to be a torch.Tensor, but got {type(x).__name__}.")
+        raise TypeError(
+            f"Expected argument `{name}` to be a torch.Tensor, but got {type(x).__name__}."
+        )
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
-        raise ValueError(f"Expected argument `{name}` to be (N, D) or (N,), but got shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"Expected argument `{name}` to be (N, D) or (N,), but got shape {tuple(x.shape)}."
+        )
     return x.to(torch.float64) if not x.is_floating_point() else x
 
 
@@ -46,19 +50,33 @@ def ks_statistic(reference: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
             f"`reference` and `window` must have the same number of features, but got "
             f"{ref.shape[1]} and {win.shape[1]}."
         )
-    n, m = ref.shape[0], win.shape[0]
-    pooled = torch.cat([ref, win.to(ref.dtype)], dim=0)
-    values, order = torch.sort(pooled, dim=0)
+    return ks_statistic_batched(ref[None], win[None].to(ref.dtype))[0]
+
+
+def ks_statistic_batched(reference: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """:func:`ks_statistic` for a batch of sample pairs: ``(B, N, D)`` and ``(B, M, D)`` -> ``(B, D)``.
+
+    Example:
+        >>> ks_statistic_batched(torch.zeros(2, 5, 1), torch.ones(2, 3, 1)).shape
+        torch.Size([2, 1])
+    """
+    n, m = reference.shape[1], window.shape[1]
+    pooled = torch.cat([reference, window.to(reference.dtype)], dim=1)
+    values, order = torch.sort(pooled, dim=1)
     step = torch.cat(
-        [torch.full((n, 1), 1.0 / n, dtype=torch.float64, device=pooled.device),
-         torch.full((m, 1), -1.0 / m, dtype=torch.float64, device=pooled.device)]
-    ).expand(-1, pooled.shape[1])
-    diff = torch.cumsum(torch.gather(step, 0, order), dim=0)
+        [
+            torch.full((n,), 1.0 / n, dtype=torch.float64, device=pooled.device),
+            torch.full((m,), -1.0 / m, dtype=torch.float64, device=pooled.device),
+        ]
+    )
+    diff = torch.cumsum(step[order], dim=1)
     # inside a run of ties the CDFs are not defined between the tied values: only compare at
     # the last element of each run
     last_of_run = torch.ones_like(values, dtype=torch.bool)
-    last_of_run[:-1] = values[1:] != values[:-1]
-    return torch.where(last_of_run, diff.abs(), torch.zeros_like(diff)).amax(dim=0).to(torch.float32)
+    last_of_run[:, :-1] = values[:, 1:] != values[:, :-1]
+    return (
+        torch.where(last_of_run, diff.abs(), torch.zeros_like(diff)).amax(dim=1).to(torch.float32)
+    )
 
 
 def kolmogorov_sf(x: torch.Tensor, terms: int = 100) -> torch.Tensor:
@@ -152,8 +170,8 @@ def mmd_permutation_test(
     total = n + m
     # column 0 is the observed labeling, the others random relabelings of the pooled sample
     keys = torch.rand(permutations, total, generator=generator).to(pooled.device)
-    ranks = keys.argsort(dim=1).argsort(dim=1)
-    labels = (ranks < n).to(kernel.dtype)
+    labels = torch.zeros(permutations, total, dtype=kernel.dtype, device=pooled.device)
+    labels.scatter_(1, keys.argsort(dim=1)[:, :n], 1.0)
     labels = torch.cat([torch.cat([torch.ones(n), torch.zeros(m)]).to(labels)[None], labels])
     # with a = 1/n on the reference side and -1/m on the window side, MMD^2 = a^T K a
     weights = labels / n - (1.0 - labels) / m

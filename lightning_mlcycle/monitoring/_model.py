@@ -21,7 +21,9 @@ from lightning_mlcycle._utils import check_choice
 _OUTPUTS = ("auto", "logits", "probs")
 
 
-def _normalizer(normalization: Mapping[str, Sequence[float]]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _normalizer(
+    normalization: Mapping[str, Sequence[float]],
+) -> Callable[[torch.Tensor], torch.Tensor]:
     mean = torch.as_tensor(list(normalization["mean"]), dtype=torch.float32)
     std = torch.as_tensor(list(normalization["std"]), dtype=torch.float32)
 
@@ -70,7 +72,9 @@ class ModelAdapter:
             if norm:
                 preprocess = _normalizer(norm)
         self.preprocess = preprocess
-        self.embedding_layer = self._find_layer(embedding_layer) if isinstance(model, nn.Module) else None
+        self.embedding_layer = (
+            self._find_layer(embedding_layer) if isinstance(model, nn.Module) else None
+        )
 
     def _find_layer(self, name: str | None) -> str | None:
         assert isinstance(self.model, nn.Module)
@@ -118,7 +122,11 @@ class ModelAdapter:
         mode = self.outputs
         if mode == "auto":
             sums = out.sum(dim=1)
-            mode = "probs" if bool((out >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-3) else "logits"
+            mode = (
+                "probs"
+                if bool((out >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
+                else "logits"
+            )
         return torch.softmax(out, dim=1) if mode == "logits" else out
 
     def predict_proba(self, raw: torch.Tensor) -> torch.Tensor:

@@ -76,16 +76,18 @@ class WindowReport:
         if self.status == "error":
             out["error"] = self.error
             return out
-        out.update({
-            "drifted": self.drifted,
-            "tests": {r.detector: r.to_dict() for r in self.results},
-            "estimated_accuracy": self.estimated_accuracy,
-            "reference_accuracy": self.reference_accuracy,
-            "accuracy": self.accuracy,
-            "retrain_suggested": self.retrain_suggested,
-            "message": self.message,
-            "seconds": round(self.seconds, 4),
-        })
+        out.update(
+            {
+                "drifted": self.drifted,
+                "tests": {r.detector: r.to_dict() for r in self.results},
+                "estimated_accuracy": self.estimated_accuracy,
+                "reference_accuracy": self.reference_accuracy,
+                "accuracy": self.accuracy,
+                "retrain_suggested": self.retrain_suggested,
+                "message": self.message,
+                "seconds": round(self.seconds, 4),
+            }
+        )
         return out
 
 
@@ -148,12 +150,16 @@ class DriftMonitor:
         self.alpha = _check_alpha(alpha)
         detectors = list(detectors)
         if not detectors:
-            raise ValueError(f"`detectors` must name at least one of {list(DETECTORS)}, but got [].")
+            raise ValueError(
+                f"`detectors` must name at least one of {list(DETECTORS)}, but got []."
+            )
         for d in detectors:
             check_choice("detectors", d, DETECTORS)
         self.patience = _check_count("patience", patience, 1)
         if on_alert is not None and not callable(on_alert):
-            raise TypeError(f"Expected argument `on_alert` to be callable, but got {type(on_alert).__name__}.")
+            raise TypeError(
+                f"Expected argument `on_alert` to be callable, but got {type(on_alert).__name__}."
+            )
         if not isinstance(profile, ReferenceProfile):
             profile = ReferenceProfile.load(profile)
         self.profile = profile
@@ -166,7 +172,9 @@ class DriftMonitor:
         self.detectors: dict[str, Any] = {}
         for name in detectors:
             if name == "ks":
-                self.detectors[name] = KSDrift(per_test, calibration_splits=calibration_splits, seed=seed).fit(feats)
+                self.detectors[name] = KSDrift(
+                    per_test, calibration_splits=calibration_splits, seed=seed
+                ).fit(feats)
             elif name == "mmd":
                 perms = max(permutations, int(np.ceil(1.0 / per_test)))
                 self.detectors[name] = MMDDrift(per_test, permutations=perms, seed=seed).fit(feats)
@@ -194,10 +202,14 @@ class DriftMonitor:
     def _validate(self, window: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(window, np.ndarray):
             if window.dtype.kind not in "fiu":
-                raise MLCycleError(f"`window` must hold numbers (float or int), but got dtype {window.dtype}.")
+                raise MLCycleError(
+                    f"`window` must hold numbers (float or int), but got dtype {window.dtype}."
+                )
             window = torch.from_numpy(np.ascontiguousarray(window))
         if not isinstance(window, torch.Tensor):
-            raise MLCycleError(f"`window` must be a tensor or numpy array, but got {type(window).__name__}.")
+            raise MLCycleError(
+                f"`window` must be a tensor or numpy array, but got {type(window).__name__}."
+            )
         if window.dtype in (torch.bool, torch.complex64, torch.complex128) or window.is_complex():
             raise MLCycleError(f"`window` must hold real numbers, but got dtype {window.dtype}.")
         expected = tuple(self.profile.input_shape)
@@ -209,7 +221,9 @@ class DriftMonitor:
                 f"inputs, but got {tuple(window.shape)}."
             )
         if window.shape[0] < 2:
-            raise MLCycleError(f"`window` needs at least 2 samples to test, but got {window.shape[0]}.")
+            raise MLCycleError(
+                f"`window` needs at least 2 samples to test, but got {window.shape[0]}."
+            )
         x = window.float()
         bad = ~torch.isfinite(x)
         if bad.any():
@@ -220,9 +234,17 @@ class DriftMonitor:
             )
         y = None
         if labels is not None:
-            y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).long().flatten()
+            y = (
+                torch.as_tensor(
+                    np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels
+                )
+                .long()
+                .flatten()
+            )
             if y.shape[0] != x.shape[0]:
-                raise MLCycleError(f"`labels` must have one label per sample ({x.shape[0]}), but got {y.shape[0]}.")
+                raise MLCycleError(
+                    f"`labels` must have one label per sample ({x.shape[0]}), but got {y.shape[0]}."
+                )
         return x, y
 
     # -- the check ---------------------------------------------------------------------------
@@ -266,8 +288,13 @@ class DriftMonitor:
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor | None, index: int) -> WindowReport:
         start = time.perf_counter()
         probs = self.adapter.predict_proba(x)
-        feats = self.profile.features(x, self.adapter) if {"ks", "mmd"} & set(self.detectors) else None
-        results = [det.test(probs if name == "prediction" else feats) for name, det in self.detectors.items()]
+        feats = (
+            self.profile.features(x, self.adapter) if {"ks", "mmd"} & set(self.detectors) else None
+        )
+        results = [
+            det.test(probs if name == "prediction" else feats)
+            for name, det in self.detectors.items()
+        ]
         report = WindowReport(
             index=index,
             size=int(x.shape[0]),
@@ -282,16 +309,21 @@ class DriftMonitor:
         return report
 
     def run(self, windows: Iterable[Any]) -> list[WindowReport]:
-        """Check every window (an iterable of arrays, or ``(inputs, labels)`` pairs); bad windows
-        are logged and skipped, so one bad batch does not stop the monitor."""
+        """Check every window (arrays, or ``(inputs, labels)`` pairs); log and skip bad ones.
+
+        One bad batch does not stop the monitor: its report has ``status="error"``.
+        """
         reports = []
         for item in windows:
             window, labels = item if isinstance(item, tuple) else (item, None)
             try:
                 reports.append(self.check(window, labels))
             except MLCycleError:
-                reports.append(WindowReport(index=self.windows_seen - 1, size=0, status="error",
-                                            error="see log"))
+                reports.append(
+                    WindowReport(
+                        index=self.windows_seen - 1, size=0, status="error", error="see log"
+                    )
+                )
         return reports
 
     def _message(self, report: WindowReport) -> str:
@@ -302,14 +334,17 @@ class DriftMonitor:
         evidence = ", ".join(f"{r.detector} p={r.p_value:.3g}" for r in fired)
         msg = f"drift ({evidence}); {est}"
         if report.retrain_suggested:
-            msg += (f"; drift in {self.drift_streak} windows in a row: retrain on recent data "
-                    "(or check the input pipeline) and capture a new profile")
+            msg += (
+                f"; drift in {self.drift_streak} windows in a row: retrain on recent data "
+                "(or check the input pipeline) and capture a new profile"
+            )
         return msg
 
     def _alert(self, report: WindowReport) -> None:
         self.alerts += 1
-        log.warning("Window %d: %s", report.index, report.message,
-                    extra={"drift_report": report.to_dict()})
+        log.warning(
+            "Window %d: %s", report.index, report.message, extra={"drift_report": report.to_dict()}
+        )
         if self.on_alert is not None:
             try:
                 self.on_alert(report)
@@ -338,7 +373,11 @@ class DriftMonitor:
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters, so a restarted service continues the window numbering and the drift streak."""
-        return {"windows_seen": self.windows_seen, "drift_streak": self.drift_streak, "alerts": self.alerts}
+        return {
+            "windows_seen": self.windows_seen,
+            "drift_streak": self.drift_streak,
+            "alerts": self.alerts,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""

@@ -29,8 +29,17 @@ log = logging.getLogger(__name__)
 
 PROFILE_VERSION = 1
 _PROJECTIONS = ("auto", "inputs", "pca", "embedding")
-_ARRAYS = ("features", "probs", "labels", "pca_mean", "pca_components", "feature_mean",
-           "feature_std", "probe_inputs", "probe_probs")
+_ARRAYS = (
+    "features",
+    "probs",
+    "labels",
+    "pca_mean",
+    "pca_components",
+    "feature_mean",
+    "feature_std",
+    "probe_inputs",
+    "probe_probs",
+)
 #: tabular inputs wider than this are reduced with PCA by ``projection="auto"``
 _MAX_RAW_FEATURES = 64
 
@@ -46,7 +55,9 @@ def input_statistics(x: torch.Tensor) -> dict[str, Any]:
         >>> input_statistics(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))["mean"]
         [1.0, 2.0]
     """
-    per = x.double().flatten(2).transpose(1, 2).reshape(-1, x.shape[1]) if x.ndim > 2 else x.double()
+    per = (
+        x.double().flatten(2).transpose(1, 2).reshape(-1, x.shape[1]) if x.ndim > 2 else x.double()
+    )
     q = _quantiles(per, (0.01, 0.5, 0.99))
     return {
         "axis": "channel" if x.ndim > 2 else "feature",
@@ -73,7 +84,8 @@ class ReferenceProfile:
         class_names: their names.
         projection: how inputs become the features the detectors see (``"inputs"``: flattened raw
             inputs; ``"pca"``: principal components of the flattened inputs; ``"embedding"``: the
-            model's penultimate layer, reduced by PCA when wider than ``n_components``).
+            model's penultimate layer, reduced by PCA when wider than ``n_components``). PCA
+            features end with the distance to the PCA subspace (the residual norm).
         embedding_layer: the hooked module for ``"embedding"``.
         arrays: ``features`` (N, D) standardized reference features, ``probs`` (N, K), ``labels``
             (N,) or empty, ``pca_mean``/``pca_components`` (projection), ``feature_mean``/
@@ -121,6 +133,7 @@ class ReferenceProfile:
         projection: str = "auto",
         n_components: int = 16,
         embedding_layer: str | None = "auto",
+        fit_inputs: torch.Tensor | None = None,
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
         class_names: Sequence[str] | None = None,
         metrics: Mapping[str, float] | None = None,
@@ -139,6 +152,10 @@ class ReferenceProfile:
                 ``"inputs"``, ``"pca"`` or ``"embedding"`` (torch modules only).
             n_components: principal components kept by ``"pca"`` / ``"embedding"``.
             embedding_layer: module whose input is the embedding (``"auto"``: last ``nn.Linear``).
+            fit_inputs: raw inputs to fit the PCA on (e.g. the training split). Features of the
+                data a PCA was fitted on are in-sample (too close to the subspace), which would
+                make every live window look shifted; without ``fit_inputs`` the PCA is fitted on
+                a random half of ``inputs`` and the other half is the feature reference.
             preprocess: raw -> model input, for modules that do not normalize themselves.
             class_names: names of the classes.
             metrics: test metrics to keep with the profile.
@@ -153,12 +170,18 @@ class ReferenceProfile:
                 f"{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}."
             )
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-            raise ValueError(f"`n_components` must be a positive integer, but got n_components={n_components!r}.")
+            raise ValueError(
+                f"`n_components` must be a positive integer, but got n_components={n_components!r}."
+            )
         x = inputs.float().cpu()
         if not torch.isfinite(x).all():
-            raise MLCycleError("`inputs` holds NaN or infinite values; profile clean held-out data.")
+            raise MLCycleError(
+                "`inputs` holds NaN or infinite values; profile clean held-out data."
+            )
         if labels is not None and labels.shape[0] != x.shape[0]:
-            raise MLCycleError(f"`labels` must have {x.shape[0]} entries, but got {labels.shape[0]}.")
+            raise MLCycleError(
+                f"`labels` must have {x.shape[0]} entries, but got {labels.shape[0]}."
+            )
         adapter = ModelAdapter(model, preprocess=preprocess, embedding_layer=embedding_layer)
         if projection == "auto":
             projection = "inputs" if x.ndim == 2 and x.shape[1] <= _MAX_RAW_FEATURES else "pca"
@@ -169,13 +192,32 @@ class ReferenceProfile:
             )
         probs = adapter.predict_proba(x)
         num_classes = probs.shape[1]
-        arrays: dict[str, torch.Tensor] = {"pca_mean": torch.empty(0), "pca_components": torch.empty(0)}
-        base = adapter.embed(x) if projection == "embedding" else x.flatten(1)
-        if projection in ("pca", "embedding") and (projection == "pca" or base.shape[1] > n_components):
-            k = min(n_components, base.shape[1], base.shape[0] - 1)
-            mean = base.mean(0)
+        arrays: dict[str, torch.Tensor] = {
+            "pca_mean": torch.empty(0),
+            "pca_components": torch.empty(0),
+        }
+
+        def base_of(raw: torch.Tensor) -> torch.Tensor:
+            return adapter.embed(raw) if projection == "embedding" else raw.flatten(1)
+
+        base = base_of(x)
+        if projection in ("pca", "embedding") and (
+            projection == "pca" or base.shape[1] > n_components
+        ):
+            if fit_inputs is not None:
+                fit_base = base_of(torch.as_tensor(fit_inputs).float().cpu())
+            else:
+                perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+                half = x.shape[0] // 2
+                fit_base, base = base[perm[:half]], base[perm[half:]]
+            if fit_base.shape[1:] != base.shape[1:] or not torch.isfinite(fit_base).all():
+                raise MLCycleError(
+                    f"`fit_inputs` must be finite raw inputs shaped like `inputs` ({tuple(x.shape[1:])})."
+                )
+            k = min(n_components, base.shape[1], fit_base.shape[0] - 1)
+            mean = fit_base.mean(0)
             # full SVD is exact and cheap at profile sizes (thousands x hundreds)
-            _, _, vh = torch.linalg.svd(base - mean, full_matrices=False)
+            _, _, vh = torch.linalg.svd(fit_base - mean, full_matrices=False)
             arrays["pca_mean"], arrays["pca_components"] = mean, vh[:k].T.contiguous()
         profile = cls(
             input_shape=tuple(int(s) for s in x.shape[1:]),
@@ -193,7 +235,9 @@ class ReferenceProfile:
         arrays["feature_std"] = raw_features.std(0).clamp_min(1e-6)
         arrays["features"] = profile._standardize(raw_features)
         arrays["probs"] = probs
-        arrays["labels"] = labels.long().cpu() if labels is not None else torch.empty(0, dtype=torch.long)
+        arrays["labels"] = (
+            labels.long().cpu() if labels is not None else torch.empty(0, dtype=torch.long)
+        )
         if labels is not None:
             profile.temperature = fit_temperature(probs, labels)
         probe = _probe_inputs(x, num_probes, seed)
@@ -205,26 +249,40 @@ class ReferenceProfile:
     def _prediction_stats(self, probs: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
         conf = probs.max(1).values
         stats: dict[str, Any] = {
-            "predicted_class_rates": (torch.bincount(probs.argmax(1), minlength=self.num_classes)
-                                      / probs.shape[0]).tolist(),
+            "predicted_class_rates": (
+                torch.bincount(probs.argmax(1), minlength=self.num_classes) / probs.shape[0]
+            ).tolist(),
             "mean_confidence": float(conf.mean()),
-            "confidence_quantiles": dict(zip(("q05", "q25", "q50", "q75", "q95"),
-                                             _quantiles(conf, (0.05, 0.25, 0.5, 0.75, 0.95)))),
+            "confidence_quantiles": dict(
+                zip(
+                    ("q05", "q25", "q50", "q75", "q95"),
+                    _quantiles(conf, (0.05, 0.25, 0.5, 0.75, 0.95)),
+                    strict=True,
+                )
+            ),
             "estimated_accuracy": estimate_accuracy(probs, self.temperature),
-            "calibrated_mean_confidence": float(calibrated_confidence(probs, self.temperature).mean()),
+            "calibrated_mean_confidence": float(
+                calibrated_confidence(probs, self.temperature).mean()
+            ),
         }
         if labels is not None:
-            stats["label_rates"] = (torch.bincount(labels.long().cpu(), minlength=self.num_classes)
-                                    / labels.shape[0]).tolist()
+            stats["label_rates"] = (
+                torch.bincount(labels.long().cpu(), minlength=self.num_classes) / labels.shape[0]
+            ).tolist()
             stats["accuracy"] = accuracy(probs, labels)
         return stats
 
     # -- projection ------------------------------------------------------------------------
     def _reduce(self, base: torch.Tensor) -> torch.Tensor:
         comps = self.arrays["pca_components"]
-        if comps.numel():
-            return (base - self.arrays["pca_mean"]) @ comps
-        return base
+        if not comps.numel():
+            return base
+        centered = base - self.arrays["pca_mean"]
+        z = centered @ comps
+        # the distance to the PCA subspace catches what the kept components cannot see (noise,
+        # texture); the classic SPE / Q statistic of PCA process monitoring (Jackson & Mudholkar 1979)
+        residual = (centered - z @ comps.T).norm(dim=1, keepdim=True)
+        return torch.cat([z, residual], dim=1)
 
     def _standardize(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.arrays["feature_mean"]) / self.arrays["feature_std"]
@@ -300,7 +358,9 @@ class ReferenceProfile:
         """Write ``profile.json`` and ``profile.npz`` into ``directory``; returns the JSON path."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / "profile.npz", **{k: self.arrays[k].cpu().numpy() for k in _ARRAYS})
+        np.savez_compressed(
+            out / "profile.npz", **{k: self.arrays[k].cpu().numpy() for k in _ARRAYS}
+        )
         path = out / "profile.json"
         path.write_text(json.dumps(self.to_dict(), indent=2))
         return path
@@ -325,7 +385,9 @@ class ReferenceProfile:
         with np.load(arr_path, allow_pickle=False) as data:
             missing = [k for k in _ARRAYS if k not in data]
             if missing:
-                raise MLCycleError(f"{arr_path}: arrays {missing} are missing; the file is damaged.")
+                raise MLCycleError(
+                    f"{arr_path}: arrays {missing} are missing; the file is damaged."
+                )
             arrays = {k: torch.from_numpy(np.array(data[k])) for k in _ARRAYS}
         profile = cls(
             input_shape=tuple(meta["input_shape"]),

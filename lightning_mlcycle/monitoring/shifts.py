@@ -35,14 +35,22 @@ def _range(x: torch.Tensor) -> tuple[float, float]:
 
 
 def _level(levels: tuple[float, ...], severity: int) -> float:
-    if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= len(levels):
-        raise MLCycleError(f"`severity` must be an integer in [1, {len(levels)}], but got {severity!r}.")
+    if (
+        isinstance(severity, bool)
+        or not isinstance(severity, int)
+        or not 1 <= severity <= len(levels)
+    ):
+        raise MLCycleError(
+            f"`severity` must be an integer in [1, {len(levels)}], but got {severity!r}."
+        )
     return levels[severity - 1]
 
 
 def _images(x: torch.Tensor, name: str) -> None:
     if x.ndim != 4:
-        raise MLCycleError(f"The {name!r} shift needs images (N, C, H, W), but got shape {tuple(x.shape)}.")
+        raise MLCycleError(
+            f"The {name!r} shift needs images (N, C, H, W), but got shape {tuple(x.shape)}."
+        )
 
 
 def gaussian_noise(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -104,15 +112,21 @@ def occlusion(x: torch.Tensor, severity: int, generator: torch.Generator) -> tor
     left = torch.randint(0, w - side + 1, (n,), generator=generator)
     rows = torch.arange(h)[None, :, None]
     cols = torch.arange(w)[None, None, :]
-    mask = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + side)
-            & (cols >= left[:, None, None]) & (cols < left[:, None, None] + side))
+    mask = (
+        (rows >= top[:, None, None])
+        & (rows < top[:, None, None] + side)
+        & (cols >= left[:, None, None])
+        & (cols < left[:, None, None] + side)
+    )
     return x.masked_fill(mask[:, None].to(x.device), lo)
 
 
 def feature_scaling(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Multiply a random half of the features by a factor (a unit or sensor-gain change)."""
     if x.ndim != 2:
-        raise MLCycleError(f"The 'feature_scaling' shift needs tabular data (N, F), but got {tuple(x.shape)}.")
+        raise MLCycleError(
+            f"The 'feature_scaling' shift needs tabular data (N, F), but got {tuple(x.shape)}."
+        )
     cols = torch.randperm(x.shape[1], generator=generator)[: max(1, x.shape[1] // 2)]
     out = x.clone()
     out[:, cols] = out[:, cols] * _level(_SCALING, severity)
@@ -122,7 +136,9 @@ def feature_scaling(x: torch.Tensor, severity: int, generator: torch.Generator) 
 def missing_values(x: torch.Tensor, severity: int, generator: torch.Generator) -> torch.Tensor:
     """Lose a fraction of the entries and impute them with the column mean, as pipelines do."""
     if x.ndim != 2:
-        raise MLCycleError(f"The 'missing_values' shift needs tabular data (N, F), but got {tuple(x.shape)}.")
+        raise MLCycleError(
+            f"The 'missing_values' shift needs tabular data (N, F), but got {tuple(x.shape)}."
+        )
     lost = torch.rand(x.shape, generator=generator).to(x.device) < _level(_MISSING, severity)
     return torch.where(lost, x.mean(0, keepdim=True).expand_as(x), x)
 
@@ -137,7 +153,14 @@ SHIFTS: dict[str, Shift] = {
     "feature_scaling": feature_scaling,
     "missing_values": missing_values,
 }
-IMAGE_SHIFTS = ("gaussian_noise", "gaussian_blur", "brightness", "contrast", "rotation", "occlusion")
+IMAGE_SHIFTS = (
+    "gaussian_noise",
+    "gaussian_blur",
+    "brightness",
+    "contrast",
+    "rotation",
+    "occlusion",
+)
 TABULAR_SHIFTS = ("gaussian_noise", "feature_scaling", "missing_values")
 
 

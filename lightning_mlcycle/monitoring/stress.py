@@ -38,7 +38,11 @@ class StressReport:
     @property
     def detectors(self) -> list[str]:
         """Detector names in the table."""
-        return [k[len("detected_"):] for k in (self.rows[0] if self.rows else {}) if k.startswith("detected_")]
+        return [
+            k[len("detected_") :]
+            for k in (self.rows[0] if self.rows else {})
+            if k.startswith("detected_")
+        ]
 
     def cell(self, shift: str, severity: int) -> dict[str, Any]:
         """The row of one shift and severity."""
@@ -53,18 +57,29 @@ class StressReport:
         head = ["shift", "severity", "accuracy", "est. accuracy", "detected", *dets]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
-            cells = [r["shift"], str(r["severity"]), f"{r['accuracy']:.3f}",
-                     f"{r['estimated_accuracy']:.3f}", f"{r['detected']:.2f}",
-                     *(f"{r['detected_' + d]:.2f}" for d in dets)]
+            cells = [
+                r["shift"],
+                str(r["severity"]),
+                f"{r['accuracy']:.3f}",
+                f"{r['estimated_accuracy']:.3f}",
+                f"{r['detected']:.2f}",
+                *(f"{r['detected_' + d]:.2f}" for d in dets),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
-        note = (f"\nDetection: fraction of {self.windows} window(s) of {self.window_size} samples in "
-                "which the monitor fired (the `none` row is the false-alarm rate).\n")
+        note = (
+            f"\nDetection: fraction of {self.windows} window(s) of {self.window_size} samples in "
+            "which the monitor fired (the `none` row is the false-alarm rate).\n"
+        )
         return "\n".join(lines) + "\n" + note
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return {"window_size": self.window_size, "windows": self.windows,
-                "seconds": round(self.seconds, 3), "rows": self.rows}
+        return {
+            "window_size": self.window_size,
+            "windows": self.windows,
+            "seconds": round(self.seconds, 3),
+            "rows": self.rows,
+        }
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``stress_test.json`` and ``stress_test.md``; returns the Markdown path."""
@@ -89,11 +104,16 @@ class StressReport:
             if base is not None:
                 rows = [{**base, "detected": 0.0}, *rows]
             xs = [r["severity"] for r in rows]
-            line, = ax.plot(xs, [r["accuracy"] for r in rows], label=shift)
+            (line,) = ax.plot(xs, [r["accuracy"] for r in rows], label=shift)
             for r in rows:
                 hit = r["detected"] >= 0.5
-                ax.plot(r["severity"], r["accuracy"], "o", color=line.get_color(),
-                        markerfacecolor=line.get_color() if hit else "white")
+                ax.plot(
+                    r["severity"],
+                    r["accuracy"],
+                    "o",
+                    color=line.get_color(),
+                    markerfacecolor=line.get_color() if hit else "white",
+                )
         ax.set_xlabel("severity (0 = no shift)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.02)
@@ -157,18 +177,24 @@ def stress_test(
         [('none', 0), ('gaussian_noise', 3)]
     """
     if not isinstance(monitor, DriftMonitor):
-        raise TypeError(f"Expected argument `monitor` to be a DriftMonitor, but got {type(monitor).__name__}.")
+        raise TypeError(
+            f"Expected argument `monitor` to be a DriftMonitor, but got {type(monitor).__name__}."
+        )
     x = torch.as_tensor(inputs).float()
     y = torch.as_tensor(labels).long()
     if x.shape[0] != y.shape[0] or x.shape[0] < 2:
-        raise MLCycleError(f"`inputs` and `labels` must have the same N >= 2, but got {x.shape[0]} and {y.shape[0]}.")
+        raise MLCycleError(
+            f"`inputs` and `labels` must have the same N >= 2, but got {x.shape[0]} and {y.shape[0]}."
+        )
     names = list(shifts) if shifts is not None else list(default_shifts(tuple(x.shape[1:])))
     unknown = [s for s in names if s not in SHIFTS]
     if unknown:
         raise MLCycleError(f"Unknown shifts {unknown}; expected names from {sorted(SHIFTS)}.")
     for s in severities:
         if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
-            raise MLCycleError(f"`severities` must be integers in [1, 5], but got {list(severities)}.")
+            raise MLCycleError(
+                f"`severities` must be integers in [1, 5], but got {list(severities)}."
+            )
     size = x.shape[0] if window_size is None else int(window_size)
     if not 2 <= size <= x.shape[0]:
         raise MLCycleError(f"`window_size` must be in [2, {x.shape[0]}], but got {window_size!r}.")
@@ -193,13 +219,15 @@ def stress_test(
             for r in rep.results:
                 hits[r.detector] += r.drifted
         whole = full if full is not None else monitor.evaluate(shifted, y)
-        report.rows.append({
-            "shift": name,
-            "severity": sev,
-            "accuracy": round(float(whole.accuracy), 4),
-            "estimated_accuracy": round(float(whole.estimated_accuracy), 4),
-            "detected": hits["any"] / windows,
-            **{f"detected_{d}": hits[d] / windows for d in dets},
-        })
+        report.rows.append(
+            {
+                "shift": name,
+                "severity": sev,
+                "accuracy": round(float(whole.accuracy), 4),
+                "estimated_accuracy": round(float(whole.estimated_accuracy), 4),
+                "detected": hits["any"] / windows,
+                **{f"detected_{d}": hits[d] / windows for d in dets},
+            }
+        )
     report.seconds = time.perf_counter() - start
     return report
