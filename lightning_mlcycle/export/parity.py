@@ -92,10 +92,15 @@ def onnx_precision(path: str | os.PathLike[str]) -> str:
     """``"int8"`` when the ONNX graph holds quantization ops, else the input's float type.
 
     Example:
-        >>> import tempfile, torch
-        >>> from lightning_mlcycle.export.exporters import export_onnx
-        >>> onnx_precision(export_onnx(torch.nn.Linear(4, 2).eval(), torch.zeros(2, 4),
-        ...                             tempfile.mkdtemp() + "/m.onnx"))
+        >>> import tempfile, onnx
+        >>> from onnx import TensorProto, helper
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+        >>> path = tempfile.mkdtemp() + "/relu.onnx"
+        >>> onnx.save(helper.make_model(graph), path)
+        >>> onnx_precision(path)
         'fp32'
     """
     import onnx

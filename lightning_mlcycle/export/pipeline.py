@@ -219,10 +219,12 @@ def export_model(
     Example:
         >>> import tempfile
         >>> res = export_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval(),
-        ...                    tempfile.mkdtemp(), example=torch.zeros(2, 4), batch_sizes=[1],
-        ...                    repeats=2, warmup=0)
+        ...                    tempfile.mkdtemp(), example=torch.zeros(2, 4), formats=["pt2"],
+        ...                    batch_sizes=[1, 8], repeats=2, warmup=0)
         >>> [a["file"] for a in res.artifacts], all(p.passed for p in res.parity)
-        (['model.pt2', 'model.onnx'], True)
+        (['model.pt2'], True)
+        >>> sorted({(r.runtime, r.batch_size) for r in res.latency})
+        [('eager', 1), ('eager', 8)]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")

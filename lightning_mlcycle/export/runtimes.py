@@ -118,11 +118,16 @@ class OnnxRuntimeRunner:
             parse it (a tampered or truncated file).
 
     Example:
-        >>> import tempfile
-        >>> from lightning_mlcycle.export.exporters import export_onnx
-        >>> p = export_onnx(nn.Linear(4, 2).eval(), torch.zeros(3, 4), tempfile.mkdtemp() + "/m.onnx")
-        >>> OnnxRuntimeRunner(p)(np.zeros((7, 4), dtype=np.float32)).shape
-        (7, 2)
+        >>> import tempfile, onnx
+        >>> from onnx import TensorProto, helper
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+        >>> path = tempfile.mkdtemp() + "/relu.onnx"
+        >>> onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+        >>> OnnxRuntimeRunner(path)(-np.ones((7, 4), dtype=np.float32)).max()
+        np.float32(0.0)
     """
 
     runtime = "onnxruntime"
