@@ -20,8 +20,9 @@ _STATE_TEXT = {
 
 
 def _sort_key(f: Finding) -> tuple[int, int, int, float]:
+    # a critical event ranks first even once past (it usually caused what followed)
     active = 0 if f.active else 1
-    return (active, f.severity.rank, PRIORITY.index(f.symptom), -f.confidence)
+    return (f.severity.rank, active, PRIORITY.index(f.symptom), -f.confidence)
 
 
 @dataclass
@@ -30,7 +31,8 @@ class DiagnosisReport:
 
     Attributes:
         fit_state: ``underfitting``, ``overfitting``, ``good_fit`` or ``unknown``.
-        findings: ranked hypotheses, most urgent first (still-active ones before resolved ones).
+        findings: ranked hypotheses: by severity, then still-seen before resolved, then root causes
+            before their effects, then confidence.
         history: one record per validation check (epoch, step, train/val loss, monitored metric).
         fit_evidence: the numbers behind ``fit_state`` (bias, variance, trend, reference loss).
         stop_reason: why training stopped early (early stopping, a fatal finding), if it did.

@@ -145,16 +145,18 @@ def _past(value: float, threshold: float, *, above: bool = True) -> float:
     return round(min(1.0, 0.5 + 0.5 * max(0.0, decades)), 3)
 
 
-def relative_trend(values: Sequence[float | None], window: int) -> float | None:
-    """Relative decrease per check over the last ``window`` finite values (positive = improving).
+def trend_stats(values: Sequence[float | None], window: int) -> tuple[float, float] | None:
+    """Relative decrease per check and its t-statistic, over the last ``window`` finite values.
 
-    A least-squares slope over the window, divided by the window's mean level, so one noisy check
-    does not decide it.
+    A least-squares line through the window: the slope divided by the window's mean level
+    (positive = improving), and ``slope / standard error`` negated (large positive = a decrease
+    that noise does not explain). One noisy check does not decide it.
 
     Example:
-        >>> round(relative_trend([1.0, 0.9, 0.8, 0.7], window=4), 3)
-        0.118
-        >>> relative_trend([1.0], window=4) is None
+        >>> rel, t = trend_stats([1.0, 0.9, 0.8, 0.71], window=4)
+        >>> round(rel, 3), t > 10
+        (0.117, True)
+        >>> trend_stats([1.0], window=4) is None
         True
     """
     ys = [float(v) for v in values if _finite(v)][-window:]
@@ -164,7 +166,42 @@ def relative_trend(values: Sequence[float | None], window: int) -> float | None:
     xm, ym = (n - 1) / 2, sum(ys) / n
     sxx = sum((i - xm) ** 2 for i in range(n))
     slope = sum((i - xm) * (y - ym) for i, y in enumerate(ys)) / sxx
-    return -slope / ym if ym > 0 else None
+    resid = sum((y - (ym + slope * (i - xm))) ** 2 for i, y in enumerate(ys))
+    se = math.sqrt(resid / (n - 2) / sxx) if n > 2 else 0.0
+    t = -slope / se if se > 0 else (math.inf if slope < 0 else (-math.inf if slope > 0 else 0.0))
+    rel = -slope / ym if ym > 0 else 0.0
+    return rel, t
+
+
+def relative_trend(values: Sequence[float | None], window: int) -> float | None:
+    """Relative decrease per check over the last ``window`` finite values (see :func:`trend_stats`).
+
+    Example:
+        >>> round(relative_trend([1.0, 0.9, 0.8, 0.7], window=4), 3)
+        0.118
+    """
+    stats = trend_stats(values, window)
+    return None if stats is None else stats[0]
+
+
+def peak_trend(values: Sequence[float | None], window: int) -> float | None:
+    """The fastest relative decrease per check over any ``window`` of the history.
+
+    Example:
+        >>> round(peak_trend([2.0, 1.5, 1.2, 1.1, 1.05, 1.04, 1.03], window=3), 3)
+        0.225
+    """
+    ys = [float(v) for v in values if _finite(v)]
+    rates = [relative_trend(ys[i:i + window], window) for i in range(max(1, len(ys) - window + 1))]
+    rates = [r for r in rates if r is not None]
+    return max(rates) if rates else None
+
+
+def improving(values: Sequence[float | None], th: DiagnosisThresholds) -> bool:
+    """True when the loss falls by at least ``plateau_rel`` per check and significantly
+    (t-statistic of the slope above ``trend_t``)."""
+    stats = trend_stats(values, th.window)
+    return stats is not None and stats[0] >= th.plateau_rel and stats[1] >= th.trend_t
 
 
 def _median(values: Sequence[float]) -> float:
@@ -180,8 +217,10 @@ def check_diverging_loss(
     nonfinite: bool,
     reference: float | None,
     th: DiagnosisThresholds,
+    initial: float | None = None,
 ) -> RuleHit | None:
-    """Loss NaN/inf (UMLAUT), far above its best, or far worse than guessing.
+    """Loss NaN/inf (UMLAUT), far above its best, or far worse than guessing and than at the
+    first step (``initial``).
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -206,7 +245,11 @@ def check_diverging_loss(
                            {"train_loss": last, "best_train_loss": best,
                             "ratio": last / best, "threshold": th.diverge_ratio},
                            _past(last / best, th.diverge_ratio))
-    if reference and last is not None and train_loss and last > th.diverge_chance_ratio * reference:
+    # far worse than guessing AND worse than at the start: a loss that starts high (e.g. from
+    # unscaled inputs) and falls is not diverging
+    start = initial if initial is not None and _finite(initial) else (finite[0] if finite else None)
+    if (reference and last is not None and last > th.diverge_chance_ratio * reference
+            and (start is None or last >= start)):
         return RuleHit(Symptom.DIVERGING_LOSS, Severity.CRITICAL,
                        f"the training loss {last:.3g} is {last / reference:.1f}x the chance level",
                        {"train_loss": last, "reference_loss": reference,
@@ -240,7 +283,7 @@ def check_exploding_gradients(
         return None
     early = _median(finite[:3]) if len(finite) > 3 else finite[0]
     latest = finite[-1]
-    growth = latest / early if early > 0 else math.inf
+    growth = latest / early if early > 0 else (math.inf if latest > 0 else 0.0)
     if growth >= th.explode_growth:
         return RuleHit(Symptom.EXPLODING_GRADIENTS, Severity.CRITICAL,
                        f"the gradient norm grew {growth:.3g}x from its early level",
@@ -347,7 +390,8 @@ def check_oscillating_loss(
     train_loss: Sequence[float], *, reference: float | None, th: DiagnosisThresholds
 ) -> RuleHit | None:
     """The train loss swings up and down between checks (AUTOTRAINER: swings of 0.03 in 20% of
-    the epochs); a swing is a reversal of direction with both moves >= 3% of the reference loss.
+    the epochs); a swing is a reversal of direction with both moves >= 3% of the reference loss,
+    and at least two swings are needed.
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -363,7 +407,8 @@ def check_oscillating_loss(
     d = [b - a for a, b in zip(ys, ys[1:])]
     swings = sum(1 for a, b in zip(d, d[1:]) if a * b < 0 and abs(a) >= step and abs(b) >= step)
     frac = swings / (len(d) - 1)
-    if frac >= th.oscillation_frac:
+    # one reversal can be noise: AUTOTRAINER's share of epochs, and at least two swings
+    if frac >= th.oscillation_frac and swings >= 2:
         return RuleHit(Symptom.OSCILLATING_LOSS, Severity.WARNING,
                        f"the training loss reversed direction {swings} times in {len(ys)} checks",
                        {"swings": swings, "checks": len(ys), "swing_fraction": frac,
@@ -406,7 +451,8 @@ def check_no_learning(
     if not ref or ref <= 0:
         return None
     best = min(series)
-    if best >= (1 - th.chance_tol) * ref:
+    # a loss still falling steadily is learning, however slowly (that is slow convergence)
+    if best >= (1 - th.chance_tol) * ref and not improving(series, th):
         return RuleHit(Symptom.NO_LEARNING, Severity.WARNING,
                        f"the best {which} loss {best:.3g} never left the {kind} level {ref:.3g}",
                        {f"best_{which}_loss": best, f"{kind}_loss": ref, "ratio": best / ref,
@@ -484,6 +530,10 @@ class BiasVariance:
     generalization_loss: float | None = None
     best_val_check: int | None = None
     trend: float | None = None
+    trend_t: float | None = None
+    peak_trend: float | None = None
+    improving: bool = False
+    plateau: bool = False
     high_bias: bool = False
     high_variance: bool = False
 
@@ -506,7 +556,16 @@ def bias_variance(
     bv.train_loss = float(train_loss[-1])
     bv.bias = (bv.train_loss - th.expected_loss) / reference
     bv.high_bias = bv.bias > th.high_bias_ratio
-    bv.trend = relative_trend(train_loss, th.window)
+    stats = trend_stats(train_loss, th.window)
+    if stats is not None:
+        bv.trend, bv.trend_t = stats
+        bv.improving = improving(train_loss, th)
+        bv.peak_trend = peak_trend(train_loss, th.window)
+        # a plateau: no significant decrease, or a slow one after the curve has flattened
+        # (its rate fell below `deceleration` of its peak): the loss is near its level
+        decelerated = (bv.peak_trend is not None and bv.peak_trend > 0
+                       and bv.trend < th.deceleration * bv.peak_trend)
+        bv.plateau = not bv.improving or (bv.trend < th.slow_rel and decelerated)
     vals = [(i, v) for i, v in enumerate(val_loss) if _finite(v)]
     if vals and vals[-1][0] == len(val_loss) - 1:
         bv.val_loss = float(vals[-1][1])  # type: ignore[arg-type]
@@ -516,12 +575,14 @@ def bias_variance(
         if best and best > 0:
             bv.generalization_loss = bv.val_loss / best - 1.0
         train_fell = best_i < len(train_loss) - 1 and bv.train_loss < train_loss[best_i]
-        bv.high_variance = bv.variance > th.high_variance_ratio or (
+        # Ng: variance is the problem when the gap is large and larger than the avoidable bias
+        dominates = bv.variance >= bv.bias
+        bv.high_variance = dominates and (bv.variance > th.high_variance_ratio or (
             bv.generalization_loss is not None
             and bv.generalization_loss > th.val_rise
             and train_fell
             and bv.variance > 0.5 * th.high_variance_ratio
-        )
+        ))
     return bv
 
 
@@ -547,7 +608,8 @@ def check_overfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit |
 
 
 def check_underfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit | None:
-    """High bias on a plateau: the training loss is high and no longer falling (Ng's table).
+    """High bias on a plateau: the training loss is high and no longer falling significantly, or
+    falling slowly after its curve flattened (Ng's table).
 
     A high loss that still falls is slowness (:func:`check_slow_convergence`) or too early to
     tell, not under-fitting.
@@ -559,7 +621,7 @@ def check_underfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit 
         >>> check_underfitting(bv, th=th).symptom.value
         'underfitting'
     """
-    if not bv.high_bias or bv.trend is None or bv.trend >= th.plateau_rel or bv.bias is None:
+    if not bv.high_bias or bv.trend is None or not bv.plateau or bv.bias is None:
         return None
     return RuleHit(Symptom.UNDERFITTING, Severity.WARNING,
                    f"the training loss {bv.train_loss:.3g} is {bv.bias:.2f}x chance and flat",
@@ -572,7 +634,9 @@ def check_underfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit 
 def check_slow_convergence(
     bv: BiasVariance, update_ratios: Mapping[str, float], *, th: DiagnosisThresholds
 ) -> RuleHit | None:
-    """High loss still falling, but slowly (AUTOTRAINER: best per-epoch gain below 0.01).
+    """High loss still falling steadily, but slowly, and about as fast as it ever did
+    (AUTOTRAINER: best per-epoch gain below 0.01; here below ``slow_rel`` of the loss per check):
+    the optimizer is slow (learning rate too low?), the model is not at its limit.
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -581,7 +645,7 @@ def check_slow_convergence(
         >>> check_slow_convergence(bv, {}, th=th).symptom.value
         'slow_convergence'
     """
-    if not bv.high_bias or bv.trend is None or not th.plateau_rel <= bv.trend < th.slow_rel:
+    if not bv.high_bias or bv.plateau or bv.trend is None or bv.trend >= th.slow_rel:
         return None
     ratios = [v for v in update_ratios.values() if _finite(v)]
     median_update = _median(ratios) if ratios else None
@@ -609,7 +673,7 @@ def fit_state_of(bv: BiasVariance, n_checks: int, *, th: DiagnosisThresholds) ->
     if n_checks < th.min_checks or bv.train_loss is None or bv.bias is None:
         return FitState.UNKNOWN
     if bv.high_bias:
-        if bv.trend is not None and bv.trend >= th.slow_rel:
+        if bv.improving and bv.trend is not None and bv.trend >= th.slow_rel:
             return FitState.UNKNOWN  # still improving fast: too early to call it
         return FitState.UNDERFITTING
     if bv.high_variance:
@@ -641,7 +705,8 @@ def diagnose(
     th = th or DiagnosisThresholds()
     ref = snap.reference_loss
     hits: list[RuleHit | None] = [
-        check_diverging_loss(snap.train_loss, nonfinite=snap.nonfinite_loss, reference=ref, th=th),
+        check_diverging_loss(snap.train_loss, nonfinite=snap.nonfinite_loss, reference=ref,
+                             th=th, initial=snap.initial_loss),
         check_exploding_gradients(snap.grad_norms, snap.grad_norm_history,
                                   nonfinite=snap.nonfinite_grads, th=th),
         check_vanishing_gradients(snap.grad_norms, th=th),

@@ -25,13 +25,23 @@ class DiagnosisThresholds:
         expected_loss: the loss you expect to be reachable (Bayes or human-level proxy; Ng ch. 33);
             0 when unknown. Set it for hard or noisy tasks, where a high loss is not bias.
         high_variance_ratio: generalization gap ``(val_loss - train_loss) / reference`` above which
-            the variance is high (Ng's dev-minus-train error).
+            the variance is high (Ng's dev-minus-train error), provided the gap is also larger
+            than the avoidable bias (Ng ch. 23: work on the larger of the two). 0.05 of chance on
+            10 classes is a gap of 0.115 nats.
         val_rise: Prechelt's generalization loss ``GL = val_loss / best_val_loss - 1`` above which
             validation is getting worse while training improves (Prechelt, "Early stopping - but
             when?", 1998, uses GL > 5%; UMLAUT flags val loss up while train loss down). Counts as
             high variance when the gap is also at least half of ``high_variance_ratio``.
-        plateau_rel: relative decrease of the train loss per check (over ``window``) below which
-            training has plateaued (so a high loss is under-fitting, not slowness).
+        plateau_rel: relative decrease of the train loss per check (least-squares slope over
+            ``window``, divided by the level) below which training has plateaued, however
+            steady (so a high loss is under-fitting, not slowness).
+        trend_t: t-statistic of that slope below which the decrease is not told apart from
+            noise, i.e. a plateau (2.35 is the one-sided 95% point of Student's t with the 3
+            degrees of freedom of a 5-check window).
+        deceleration: a slow decrease (below ``slow_rel``) counts as a plateau once the rate
+            has fallen below this share of its peak over the run: the curve has flattened, so
+            the model is near its level (under-fitting if high); a rate that was never faster is
+            slow convergence instead.
         slow_rel: below this relative decrease per check (and above ``plateau_rel``) a still-high
             loss is *slow convergence* (AUTOTRAINER: best per-epoch gain below 0.01); at or above
             it the run is still improving fast and the state stays ``unknown``.
@@ -83,9 +93,11 @@ class DiagnosisThresholds:
     window: int = 5
     high_bias_ratio: float = 0.25
     expected_loss: float = 0.0
-    high_variance_ratio: float = 0.15
+    high_variance_ratio: float = 0.05
     val_rise: float = 0.10
-    plateau_rel: float = 0.01
+    plateau_rel: float = 0.002
+    trend_t: float = 2.35
+    deceleration: float = 0.25
     slow_rel: float = 0.04
     chance_tol: float = 0.05
     diverge_ratio: float = 2.0
@@ -127,7 +139,7 @@ class DiagnosisThresholds:
                 f"and slow_rel={self.slow_rel!r}."
             )
         for name in ("chance_tol", "dead_fraction", "saturation_fraction", "leakage_fraction",
-                     "oscillation_frac"):
+                     "oscillation_frac", "deceleration"):
             if not getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be in (0, 1), but got {name}={getattr(self, name)!r}.")
 
