@@ -1,5 +1,6 @@
 """After training: pruning, low rank, compact convolutions, quantization, binarization, distillation."""
 
+from lightning_mlcycle.compression._surgery import load_factorized, save_factorized
 from lightning_mlcycle.compression.compact_conv import (
     CompactConvolutions,
     apply_compact,
@@ -57,12 +58,14 @@ __all__: list[str] = [
     "factorize_conv",
     "factorize_linear",
     "iterative_sparsity",
+    "load_factorized",
     "load_pruned",
     "low_rank_factorize",
     "magnitude_prune",
     "polynomial_sparsity",
     "prunable_parameters",
     "rank_for",
+    "save_factorized",
     "save_pruned",
     "sparsity_stats",
     "structured_prune",

@@ -10,10 +10,13 @@ shapes are those of the changed model, can be loaded: the recipe travels inside 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
@@ -112,3 +115,75 @@ class LayerSurgery(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.recipe = {str(k): int(v) for k, v in state_dict.get("recipe", {}).items()}
         self.done = bool(state_dict.get("done", bool(self.recipe)))
+
+
+_FORMAT = "lightning_mlcycle.layer_recipe/1"
+
+
+def save_factorized(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    recipe: Recipe,
+    builder: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a low-rank (``kind="lowrank"``) or compact (``kind="compact"``) model as a rebuild
+    recipe: layer name -> rank or depth multiplier, the weights and, optionally, the Hydra config
+    of the original model. :func:`load_factorized` reads it with ``weights_only=True``.
+    """
+    if kind not in _REBUILDERS:
+        raise MLCycleError(f"Expected argument `kind` to be one of {sorted(_REBUILDERS)}, but got {kind!r}.")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": _FORMAT, "kind": kind, "recipe": {str(k): int(v) for k, v in recipe.items()},
+                "builder": dict(builder) if builder is not None else None,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, out)
+    return out
+
+
+def load_factorized(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model saved by :func:`save_factorized` (from ``model``, a fresh instance of the
+    original architecture, or from the saved Hydra config); returns it in eval mode.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from lightning_mlcycle.compression import low_rank_factorize
+        >>> net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> rep = low_rank_factorize(net, compression=0.5)
+        >>> f = save_factorized(net, pathlib.Path(tempfile.mkdtemp()) / "m.pt", kind="lowrank", recipe=rep.ranks)
+        >>> again = load_factorized(f, nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)))
+        >>> torch.equal(again(torch.ones(1, 32)), net(torch.ones(1, 32)))
+        True
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise MLCycleError(f"{path} is not a model saved by save_factorized (format {_FORMAT}).")
+    if model is None:
+        if not payload.get("builder"):
+            raise MLCycleError(f"{path} holds no model config: pass the original model as `model=`.")
+        from hydra.utils import instantiate
+
+        model = instantiate(payload["builder"])
+    assert model is not None
+    _REBUILDERS[payload["kind"]](model, payload["recipe"])
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.eval()
+
+
+def _rebuild_lowrank(model: nn.Module, recipe: Recipe) -> None:
+    from lightning_mlcycle.compression.low_rank import apply_ranks
+
+    apply_ranks(model, recipe)
+
+
+def _rebuild_compact(model: nn.Module, recipe: Recipe) -> None:
+    from lightning_mlcycle.compression.compact_conv import apply_compact
+
+    apply_compact(model, recipe)
+
+
+_REBUILDERS: dict[str, Callable[[nn.Module, Recipe], None]] = {
+    "lowrank": _rebuild_lowrank,
+    "compact": _rebuild_compact,
+}
