@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lightning_mlcycle.cli.context import RunContext
+from lightning_mlcycle.cli.stages.compress import compact_stage, lowrank_stage, prune_stage
 from lightning_mlcycle.cli.stages.export import export_stage
 from lightning_mlcycle.cli.stages.train import build_stage, fit_stage, test_stage
 
@@ -20,6 +21,9 @@ STAGES: list[tuple[str, Stage, str | None]] = [
     ("build", build_stage, None),
     ("fit", fit_stage, None),
     ("test", test_stage, None),
+    ("prune", prune_stage, "compress.prune"),  # magnitude (default) or structured pruning + fine-tune
+    ("lowrank", lowrank_stage, "compress.lowrank"),  # truncated-SVD factorization + fine-tune (opt-in)
+    ("compact", compact_stage, "compress.compact"),  # depthwise-separable convolutions + fine-tune (opt-in)
     ("export", export_stage, "export"),  # after compress/quantize/distill, before monitor
 ]
 
