@@ -12,6 +12,7 @@ from collections.abc import Callable
 from lightning_mlcycle.cli.context import RunContext
 from lightning_mlcycle.cli.stages.compress import compact_stage, lowrank_stage, prune_stage
 from lightning_mlcycle.cli.stages.export import export_stage
+from lightning_mlcycle.cli.stages.monitor import monitor_stage
 from lightning_mlcycle.cli.stages.train import build_stage, fit_stage, test_stage
 
 Stage = Callable[[RunContext], None]
@@ -25,6 +26,7 @@ STAGES: list[tuple[str, Stage, str | None]] = [
     ("lowrank", lowrank_stage, "compress.lowrank"),  # truncated-SVD factorization + fine-tune (opt-in)
     ("compact", compact_stage, "compress.compact"),  # depthwise-separable convolutions + fine-tune (opt-in)
     ("export", export_stage, "export"),  # after compress/quantize/distill, before monitor
+    ("monitor", monitor_stage, "monitor"),  # LAST: profile saved with the exported model + stress test
 ]
 
 __all__ = ["STAGES", "Stage"]
