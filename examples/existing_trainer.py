@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from lightning_mlcycle import DigitsDataModule
+from lightning_mlcycle.export import DeploymentExport
 
 
 class UserModel(pl.LightningModule):
@@ -49,6 +50,8 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="mlcycle_example_")
     callbacks: list[pl.Callback] = []
     # --- lightning_mlcycle callbacks: add them here ---------------------------------------
+    # at fit end: model.onnx (one file, dynamic batch), parity-checked, timed, with a model card
+    callbacks.append(DeploymentExport(f"{root}/export", formats=["onnx"], batch_sizes=[1, 64], repeats=5))
     # --------------------------------------------------------------------------------------
     trainer = pl.Trainer(
         max_epochs=3,

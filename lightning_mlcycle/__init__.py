@@ -13,6 +13,14 @@ from lightning_mlcycle.data import (
     find_leakage,
     stratified_split,
 )
+from lightning_mlcycle.diagnosis import (
+    DiagnosisReport,
+    EarlyStopping,
+    Finding,
+    FitDiagnosis,
+    Symptom,
+)
+from lightning_mlcycle.export import DeploymentExport, Predictor, export_model
 from lightning_mlcycle.models import ClassificationModule, create_model
 from lightning_mlcycle.tuning.optuna_pruning import OptunaPruning
 
@@ -21,11 +29,19 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayDataModule",
     "ClassificationModule",
+    "DeploymentExport",
+    "DiagnosisReport",
     "DigitsDataModule",
+    "EarlyStopping",
+    "Finding",
+    "FitDiagnosis",
     "ImageFolderDataModule",
     "MLCycleError",
     "OptunaPruning",
+    "Predictor",
+    "Symptom",
     "create_model",
+    "export_model",
     "find_leakage",
     "stratified_split",
 ]
