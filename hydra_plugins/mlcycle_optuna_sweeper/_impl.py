@@ -319,6 +319,7 @@ class SweeperImpl:
         self.max_failure_rate = float(max_failure_rate)
         self.params = params
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.exhausted = False
 
     # -- hydra wiring
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -514,8 +515,11 @@ class SweeperImpl:
         returns: list[Any] = []
         stopped: str | None = None
         while True:
-            trials = self._claim(study, self.n_jobs)
+            trials = [] if self.exhausted else self._claim(study, self.n_jobs)
             if not trials:
+                if self.exhausted:
+                    log.warning("The sampler has searched its whole space: no more trials are "
+                                "started (n_trials=%d is more than the space holds).", self.n_trials)
                 break
             try:
                 batch = [self._overrides(t, space, prefixes, fixed) for t in trials]
@@ -566,8 +570,17 @@ class SweeperImpl:
             state = TrialState.FAIL
             trial.set_user_attr(REASON_ATTR, reason[:2000])
             log.warning("Trial %d failed: %s", trial.number, reason)
-        frozen = study.tell(trial, values=values if state == TrialState.COMPLETE else None,
-                            state=state, skip_if_finished=True)
+        try:
+            study.tell(trial, values=values if state == TrialState.COMPLETE else None,
+                       state=state, skip_if_finished=True)
+        except RuntimeError as err:
+            # grid-like samplers (GridSampler, BruteForceSampler) call `study.stop()` once the
+            # space is exhausted, which Optuna only allows inside `optimize`; the state is stored
+            # before that (Optuna sets it in a `finally`), so record it and claim no more trials
+            if "Study.stop" not in str(err):
+                raise
+            self.exhausted = True
+        frozen = self.storage.get_trial(trial._trial_id)  # noqa: SLF001
         if state == TrialState.COMPLETE:
             log.info("Trial %d: %s = %s", trial.number, self.metric_names, values)
         elif state == TrialState.PRUNED:
