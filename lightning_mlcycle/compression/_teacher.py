@@ -27,12 +27,15 @@ class OnnxTeacher(nn.Module):
         path: the ``.onnx`` file (one input, the first output is taken as the logits).
 
     Example:
-        >>> import tempfile, os
-        >>> from lightning_mlcycle._onnx import to_onnx
-        >>> path = os.path.join(tempfile.mkdtemp(), "t.onnx")
-        >>> _ = to_onnx(nn.Linear(4, 3).eval(), torch.zeros(2, 4), path)
-        >>> OnnxTeacher(path)(torch.zeros(5, 4)).shape
-        torch.Size([5, 3])
+        >>> import os, tempfile
+        >>> import onnx
+        >>> from onnx import TensorProto, helper
+        >>> io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in "xy"]
+        >>> graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [io[0]], [io[1]])
+        >>> path = os.path.join(tempfile.mkdtemp(), "relu.onnx")
+        >>> onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path)
+        >>> OnnxTeacher(path)(torch.tensor([[-1.0, 0.0, 2.0]])).tolist()
+        [[0.0, 0.0, 2.0]]
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from lightning_mlcycle.cli.context import RunContext
 from lightning_mlcycle.cli.stages.compress import compact_stage, lowrank_stage, prune_stage
+from lightning_mlcycle.cli.stages.distill import distill_check_stage, distill_stage
 from lightning_mlcycle.cli.stages.export import export_stage
 from lightning_mlcycle.cli.stages.monitor import monitor_stage
 from lightning_mlcycle.cli.stages.train import build_stage, fit_stage, test_stage
@@ -20,11 +21,13 @@ Stage = Callable[[RunContext], None]
 #: (name, function, config node that can disable it or None when always on)
 STAGES: list[tuple[str, Stage, str | None]] = [
     ("build", build_stage, None),
+    ("distill_check", distill_check_stage, "compress.distill"),  # bad distill config fails before fit
     ("fit", fit_stage, None),
     ("test", test_stage, None),
     ("prune", prune_stage, "compress.prune"),  # magnitude (default) or structured pruning + fine-tune
     ("lowrank", lowrank_stage, "compress.lowrank"),  # truncated-SVD factorization + fine-tune (opt-in)
     ("compact", compact_stage, "compress.compact"),  # depthwise-separable convolutions + fine-tune (opt-in)
+    ("distill", distill_stage, "compress.distill"),  # after prune/quantize, before export
     ("export", export_stage, "export"),  # after compress/quantize/distill, before monitor
     ("monitor", monitor_stage, "monitor"),  # LAST: profile saved with the exported model + stress test
 ]
