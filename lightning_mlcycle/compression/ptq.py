@@ -46,6 +46,25 @@ def require_onnxruntime() -> Any:
     return onnxruntime
 
 
+def needs_reduce_range() -> bool:
+    """True on x86 CPUs without VNNI, where ONNX Runtime's u8 x s8 kernels can saturate.
+
+    Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with ``VPMADDUBSW``,
+    which adds pairs of products in int16 and saturates (255 * 127 * 2 > 32767); its quantization
+    guide recommends 7-bit weights (``reduce_range``) there. On such a CPU an int8 MLP here was
+    off by 25% of its logit range without it and by 2% with it.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def _quant_type(name: str, value: str) -> Any:
     from onnxruntime.quantization import QuantType
 
@@ -104,6 +123,7 @@ def quantize_static_onnx(
     weight_type: str = "int8",
     calibration: str = "minmax",
     preprocess: bool = True,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Statically quantize an fp32 ONNX model to int8 QDQ, calibrated on a few batches.
 
@@ -119,6 +139,7 @@ def quantize_static_onnx(
         calibration: ``"minmax"``, ``"entropy"`` or ``"percentile"`` range estimation.
         preprocess: run ONNX Runtime's ``quant_pre_process`` (shape inference and graph
             optimization) first, as its documentation recommends.
+        reduce_range: 7-bit weights; None decides by this CPU (:func:`needs_reduce_range`).
 
     Returns:
         ``output_path``.
@@ -161,6 +182,7 @@ def quantize_static_onnx(
             activation_type=act,
             weight_type=wt,
             calibrate_method=method,
+            reduce_range=needs_reduce_range() if reduce_range is None else bool(reduce_range),
         )
     finally:
         if preprocess and src != Path(model_path):
@@ -185,8 +207,11 @@ def quantize_dynamic_onnx(
     *,
     per_channel: bool = False,
     weight_type: str = "int8",
+    reduce_range: bool | None = None,
 ) -> Path:
     """Dynamically quantize an fp32 ONNX model (int8 weights, activations quantized at run time).
+
+    ``reduce_range`` (7-bit weights) defaults to what this CPU needs (:func:`needs_reduce_range`).
 
     Example:
         >>> import tempfile
@@ -204,7 +229,13 @@ def quantize_dynamic_onnx(
     if not src.is_file():
         raise MLCycleError(f"`model_path` {src} does not exist.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(src), str(out), per_channel=per_channel, weight_type=_quant_type("weight_type", weight_type))
+    quantize_dynamic(
+        str(src),
+        str(out),
+        per_channel=per_channel,
+        weight_type=_quant_type("weight_type", weight_type),
+        reduce_range=needs_reduce_range() if reduce_range is None else bool(reduce_range),
+    )
     return out
 
 

@@ -40,11 +40,13 @@ BATCH_NORM_MODES = ("fold", "train")
 BACKENDS = ("x86",)
 
 
-def make_quantizer(backend: str = "x86") -> Any:
+def make_quantizer(backend: str = "x86", *, reduce_range: bool | None = None) -> Any:
     """The torchao PT2E quantizer for ``backend``, configured for QAT (per-channel int8 weights).
 
     ``"x86"``: ``X86InductorQuantizer`` - symmetric per-channel int8 weights, asymmetric uint8
     activations, the combination ONNX Runtime's x86 integer kernels (``QLinearConv``) run.
+    ``reduce_range`` (7-bit activations, so u8 x s8 products cannot saturate on x86 CPUs without
+    VNNI) defaults to what this CPU needs (``ptq.needs_reduce_range``).
 
     Example:
         >>> type(make_quantizer("x86")).__name__
@@ -57,7 +59,11 @@ def make_quantizer(backend: str = "x86") -> Any:
         get_default_x86_inductor_quantization_config,
     )
 
-    return X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+    from lightning_mlcycle.compression.ptq import needs_reduce_range
+
+    reduce = needs_reduce_range() if reduce_range is None else bool(reduce_range)
+    config = get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=reduce)
+    return X86InductorQuantizer().set_global(config)
 
 
 def prepare_qat(
