@@ -40,10 +40,19 @@ def test_deployment_export_in_a_trainer_and_resume(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     pl.seed_everything(0)
-    cb = DeploymentExport(formats=["onnx"], batch_sizes=[1, 4], warmup=0, repeats=2, max_samples=200)
+    cb = DeploymentExport(
+        formats=["onnx"], batch_sizes=[1, 4], warmup=0, repeats=2, max_samples=200
+    )
     logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb", version="")
-    trainer = pl.Trainer(max_epochs=2, callbacks=[cb], logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        callbacks=[cb],
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     dm = DigitsDataModule(batch_size=64)
     model = UserModel()
     trainer.fit(model, datamodule=dm)
@@ -53,7 +62,9 @@ def test_deployment_export_in_a_trainer_and_resume(tmp_path):
     card = load_model_card(out)
     assert card["interface"]["input_shape"] == ["batch", 1, 8, 8]
     assert card["interface"]["preprocessing"]["raw_range"] == [0.0, 16.0]
-    assert card["interface"]["preprocessing"]["normalization"]["mean"] == pytest.approx(dm.normalization["mean"])
+    assert card["interface"]["preprocessing"]["normalization"]["mean"] == pytest.approx(
+        dm.normalization["mean"]
+    )
     assert card["name"] == "UserModel" and "val/acc" in card["metrics"]
     assert all(p["passed"] for a in card["artifacts"] for p in a["parity"])
     # the exported model predicts what the trained module predicts, from raw digits
@@ -64,7 +75,9 @@ def test_deployment_export_in_a_trainer_and_resume(tmp_path):
     # the latency table and card went to TensorBoard's text tab
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
     acc.Reload()
-    assert {"export/latency/text_summary", "export/model_card/text_summary"} <= set(acc.Tags()["tensors"])
+    assert {"export/latency/text_summary", "export/model_card/text_summary"} <= set(
+        acc.Tags()["tensors"]
+    )
     # state round-trips through a real checkpoint
     ckpt = tmp_path / "resume.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -78,11 +91,26 @@ def test_deployment_export_in_a_trainer_and_resume(tmp_path):
 
 
 def test_on_demand_export_without_fit_end(tmp_path):
-    cb = DeploymentExport(tmp_path / "exp", formats=["pt2"], on_fit_end=False, batch_sizes=[2],
-                          warmup=0, repeats=1, max_samples=32)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[cb],
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+    cb = DeploymentExport(
+        tmp_path / "exp",
+        formats=["pt2"],
+        on_fit_end=False,
+        batch_sizes=[2],
+        warmup=0,
+        repeats=1,
+        max_samples=32,
+    )
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     model = UserModel()
     x = torch.randn(64, 1, 8, 8)
     y = torch.randint(0, 10, (64,))

@@ -19,7 +19,10 @@ def test_export_config_composes(compose_cfg):
     assert cfg.export.enabled and list(cfg.export.formats) == ["onnx", "pt2"]
     assert list(cfg.export.batch_sizes) == [1, 8, 64]
     tvm = compose_cfg("export=tvm")
-    assert list(tvm.export.formats) == ["onnx", "pt2", "tvm"] and tvm.export.repeats == cfg.export.repeats
+    assert (
+        list(tvm.export.formats) == ["onnx", "pt2", "tvm"]
+        and tvm.export.repeats == cfg.export.repeats
+    )
 
 
 @pytest.mark.slow
@@ -28,19 +31,36 @@ def test_export_stage_in_a_run_then_mlcycle_export(compose_cfg, tmp_path, monkey
     from lightning_mlcycle.cli.main import run
 
     def add_variant(ctx):  # what a compression stage hands on: a smaller model, same interface
-        ctx.extras.setdefault("models", {})["tiny"] = MLP(10, ctx.datamodule.input_shape, hidden=(8,)).eval()
+        ctx.extras.setdefault("models", {})["tiny"] = MLP(
+            10, ctx.datamodule.input_shape, hidden=(8,)
+        ).eval()
 
     at = [n for n, _, _ in stages.STAGES].index("export")
-    monkeypatch.setattr(stages, "STAGES", [*stages.STAGES[:at], ("variant", add_variant, None),
-                                           *stages.STAGES[at:]])
-    cfg = compose_cfg("model=mlp", "trainer.max_epochs=1", "compress/prune=none",
-                      "export.repeats=2", "export.warmup=0", "export.batch_sizes=[1,8]")
+    monkeypatch.setattr(
+        stages, "STAGES", [*stages.STAGES[:at], ("variant", add_variant, None), *stages.STAGES[at:]]
+    )
+    cfg = compose_cfg(
+        "model=mlp",
+        "trainer.max_epochs=1",
+        "compress/prune=none",
+        "export.repeats=2",
+        "export.warmup=0",
+        "export.batch_sizes=[1,8]",
+    )
     ctx = run(cfg)
     out = ctx.run_dir / "export"
     assert ctx.artifacts["export"] == str(out)
     names = {p.name for p in out.iterdir()}
-    assert {"model.onnx", "model.pt2", "model_tiny.onnx", "model_tiny.pt2", "latency.json",
-            "latency.md", "model_card.json", "model_card.md"} <= names
+    assert {
+        "model.onnx",
+        "model.pt2",
+        "model_tiny.onnx",
+        "model_tiny.pt2",
+        "latency.json",
+        "latency.md",
+        "model_card.json",
+        "model_card.md",
+    } <= names
     assert ctx.summary["export/parity_passed"] == 4
     assert ctx.summary["export/model.onnx/onnxruntime/b1_ms"] > 0
     card = load_model_card(out)
@@ -55,12 +75,32 @@ def test_export_stage_in_a_run_then_mlcycle_export(compose_cfg, tmp_path, monkey
     # mlcycle-export on the run's best checkpoint, with the digits test split for parity
     ckpt = ctx.artifacts["best_checkpoint"]
     dest = tmp_path / "cli_export"
-    assert export_main([ckpt, "--data", "digits", "-o", str(dest), "--formats", "pt2",
-                        "--batch-sizes", "1", "--repeats", "2", "--warmup", "0"]) == 0
+    assert (
+        export_main(
+            [
+                ckpt,
+                "--data",
+                "digits",
+                "-o",
+                str(dest),
+                "--formats",
+                "pt2",
+                "--batch-sizes",
+                "1",
+                "--repeats",
+                "2",
+                "--warmup",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "| model (eager) | eager | 1 |" in capsys.readouterr().out
     card = load_model_card(dest)
     assert card["interface"]["preprocessing"]["raw_range"] == [0.0, 16.0]
-    assert card["artifacts"][0]["file"] == "model.pt2" and card["artifacts"][0]["parity"][0]["passed"]
+    assert (
+        card["artifacts"][0]["file"] == "model.pt2" and card["artifacts"][0]["parity"][0]["passed"]
+    )
     assert card["metrics"]["parity_set/acc"] == pytest.approx(ctx.summary["test/acc"], abs=1e-6)
 
 
@@ -69,11 +109,15 @@ def test_mlcycle_export_bad_checkpoints(tmp_path, capsys):
     assert "Checkpoint '" in capsys.readouterr().err
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(MLCycleError, match="is not a PyTorch checkpoint that loads with weights_only=True"):
+    with pytest.raises(
+        MLCycleError, match="is not a PyTorch checkpoint that loads with weights_only=True"
+    ):
         load_classifier(junk)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, foreign)
-    with pytest.raises(MLCycleError, match="was not written for a lightning_mlcycle ClassificationModule"):
+    with pytest.raises(
+        MLCycleError, match="was not written for a lightning_mlcycle ClassificationModule"
+    ):
         load_classifier(foreign)
     plain = tmp_path / "plain.pt"
     torch.save({"weight": torch.zeros(2)}, plain)

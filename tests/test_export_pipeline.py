@@ -34,10 +34,17 @@ def _train(dm: DigitsDataModule) -> ClassificationModule:
     """A small MLP trained for a few hundred steps with a plain loop (fast, > 90% on digits)."""
     torch.manual_seed(0)
     module = ClassificationModule(
-        MLP(10, dm.input_shape, hidden=(32,)), num_classes=10, class_names=dm.class_names,
-        input_shape=list(dm.input_shape), normalization=dm.normalization,
-        backbone_config={"_target_": "lightning_mlcycle.models.MLP", "num_classes": 10,
-                         "input_shape": list(dm.input_shape), "hidden": [32]},
+        MLP(10, dm.input_shape, hidden=(32,)),
+        num_classes=10,
+        class_names=dm.class_names,
+        input_shape=list(dm.input_shape),
+        normalization=dm.normalization,
+        backbone_config={
+            "_target_": "lightning_mlcycle.models.MLP",
+            "num_classes": 10,
+            "input_shape": list(dm.input_shape),
+            "hidden": [32],
+        },
     )
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
     for _ in range(8):
@@ -59,11 +66,26 @@ def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     formats = ["onnx", "pt2"] + (["tvm"] if tvm_available() else [])
     result = export_model(
-        module, out, test_data=(x, y), interface=ModelInterface.infer(module=module, datamodule=dm),
-        formats=formats, batch_sizes=[1, 8, 64], warmup=1, repeats=3, metrics={"test/acc": 0.9},
+        module,
+        out,
+        test_data=(x, y),
+        interface=ModelInterface.infer(module=module, datamodule=dm),
+        formats=formats,
+        batch_sizes=[1, 8, 64],
+        warmup=1,
+        repeats=3,
+        metrics={"test/acc": 0.9},
         training_config={"lr": 0.01},
     )
-    return {"dm": dm, "module": module, "x": x, "y": y, "x_raw": x_raw, "dir": out, "result": result}
+    return {
+        "dm": dm,
+        "module": module,
+        "x": x,
+        "y": y,
+        "x_raw": x_raw,
+        "dir": out,
+        "result": result,
+    }
 
 
 def test_every_artifact_loads_and_passes_parity(exported):
@@ -87,7 +109,9 @@ def test_onnx_is_one_file_with_dynamic_batch(exported):
     model = onnx.load(str(d / "model.onnx"), load_external_data=False)
     onnx.checker.check_model(model)
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    assert sum(t.ByteSize() for t in model.graph.initializer) > 32 * 64 * 4  # the weights are inside
+    assert (
+        sum(t.ByteSize() for t in model.graph.initializer) > 32 * 64 * 4
+    )  # the weights are inside
     sidecars = [p.name for p in d.iterdir() if p.suffix in ("", ".data", ".bin")]
     assert not sidecars
     runner = OnnxRuntimeRunner(d / "model.onnx")
@@ -185,19 +209,37 @@ def test_int8_onnx_files_are_checked_by_agreement(exported, tmp_path):
     int8 = tmp_path / "int8.onnx"
     quantize_dynamic(str(exported["dir"] / "model.onnx"), str(int8), weight_type=QuantType.QInt8)
     res = export_model(
-        exported["module"], tmp_path / "out", test_data=(exported["x"], exported["y"]),
-        formats=["pt2"], onnx_files={"int8_dynamic": int8}, batch_sizes=[1, 8], warmup=0, repeats=2,
+        exported["module"],
+        tmp_path / "out",
+        test_data=(exported["x"], exported["y"]),
+        formats=["pt2"],
+        onnx_files={"int8_dynamic": int8},
+        batch_sizes=[1, 8],
+        warmup=0,
+        repeats=2,
     )
     entry = next(a for a in res.artifacts if a["file"] == "model_int8_dynamic.onnx")
     assert entry["precision"] == "int8"
     par = entry["parity"][0]
     assert par["passed"] and par["agreement"] >= 0.97 and 0 < par["rel_l2_error"] < 0.25
-    assert {(r.artifact, r.runtime) for r in res.latency} >= {("model_int8_dynamic.onnx", "onnxruntime")}
+    assert {(r.artifact, r.runtime) for r in res.latency} >= {
+        ("model_int8_dynamic.onnx", "onnxruntime")
+    }
     # a far stricter bound than int8 can meet fails loudly, with the measured numbers
-    with pytest.raises(ParityError, match=r"Parity check failed for model_int8_dynamic.onnx .*class agreement"):
-        export_model(exported["module"], tmp_path / "strict", test_data=(exported["x"], exported["y"]),
-                     formats=["pt2"], onnx_files={"int8_dynamic": int8}, batch_sizes=[1],
-                     warmup=0, repeats=1, tolerances={"int8": {"max_rel_l2": 1e-6}})
+    with pytest.raises(
+        ParityError, match=r"Parity check failed for model_int8_dynamic.onnx .*class agreement"
+    ):
+        export_model(
+            exported["module"],
+            tmp_path / "strict",
+            test_data=(exported["x"], exported["y"]),
+            formats=["pt2"],
+            onnx_files={"int8_dynamic": int8},
+            batch_sizes=[1],
+            warmup=0,
+            repeats=1,
+            tolerances={"int8": {"max_rel_l2": 1e-6}},
+        )
 
 
 @pytest.mark.skipif(not tvm_available(), reason="the tvm extra is not installed")
@@ -239,7 +281,9 @@ def test_parity_error_names_the_measured_error():
         return x[:, :3] + 0.01
 
     with pytest.raises(ParityError, match=r"max\|y - y_ref\| = 0.01 <= .*: no"):
-        check_parity(runner, lambda x: x[:, :3], np.ones((4, 5), dtype=np.float32), artifact="m.onnx")
+        check_parity(
+            runner, lambda x: x[:, :3], np.ones((4, 5), dtype=np.float32), artifact="m.onnx"
+        )
     with pytest.raises(ValueError, match="`min_agreement` must be in"):
         Tolerance(min_agreement=2.0)
     with pytest.raises(ValueError, match="Expected argument `precision`"):
@@ -259,8 +303,11 @@ class Branchy(nn.Module):
 
 
 def test_data_dependent_control_flow_names_the_line():
-    with pytest.raises(MLCycleError, match=r"data-dependent control flow at .*test_export_pipeline.py:\d+ "
-                                           r"in forward\(\): `if x.sum\(\) > 0:"):
+    with pytest.raises(
+        MLCycleError,
+        match=r"data-dependent control flow at .*test_export_pipeline.py:\d+ "
+        r"in forward\(\): `if x.sum\(\) > 0:",
+    ):
         export_program(Branchy(), torch.randn(2, 4))
 
 
@@ -273,12 +320,19 @@ def test_export_model_validates_arguments(tmp_path):
     with pytest.raises(TypeError, match="`model` to be a torch.nn.Module"):
         export_model("model", tmp_path)
     with pytest.raises(MLCycleError, match="`onnx_files\\['q'\\]` is not a file"):
-        export_model(m, tmp_path, example=torch.zeros(2, 4), onnx_files={"q": tmp_path / "nope.onnx"})
+        export_model(
+            m, tmp_path, example=torch.zeros(2, 4), onnx_files={"q": tmp_path / "nope.onnx"}
+        )
     with pytest.raises(MLCycleError, match="the input shape is unknown"):
         export_model(m, tmp_path)
     with pytest.raises(MLCycleError, match="3 outputs but the interface names 2 classes"):
-        export_model(m, tmp_path, example=torch.zeros(2, 4), formats=["pt2"],
-                     interface=ModelInterface((4,), ["a", "b"]))
+        export_model(
+            m,
+            tmp_path,
+            example=torch.zeros(2, 4),
+            formats=["pt2"],
+            interface=ModelInterface((4,), ["a", "b"]),
+        )
     if not tvm_available():
         with pytest.raises(MLCycleError, match="TVM is not installed"):
             export_model(m, tmp_path, example=torch.zeros(2, 4), formats=["tvm"])

@@ -21,19 +21,35 @@ def _parser() -> argparse.ArgumentParser:
         description="Export a lightning_mlcycle checkpoint for deployment: ONNX (one file, dynamic "
         "batch), torch.export (.pt2), optionally TVM; parity checks, latency report, model card.",
     )
-    p.add_argument("checkpoint", help="a .ckpt written by mlcycle (or any ClassificationModule run)")
-    p.add_argument("-o", "--out", default=None, help="export folder (default: <checkpoint dir>/../export)")
-    p.add_argument("--data", default=None,
-                   help="data config (conf/data/<name>.yaml, e.g. digits) whose test split is used "
-                        "for parity and accuracy; default: standard-normal inputs, no accuracy")
-    p.add_argument("--formats", nargs="+", default=["onnx", "pt2"], choices=["onnx", "pt2", "tvm"],
-                   help="artifacts to write")
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 64], help="latency batch sizes")
+    p.add_argument(
+        "checkpoint", help="a .ckpt written by mlcycle (or any ClassificationModule run)"
+    )
+    p.add_argument(
+        "-o", "--out", default=None, help="export folder (default: <checkpoint dir>/../export)"
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="data config (conf/data/<name>.yaml, e.g. digits) whose test split is used "
+        "for parity and accuracy; default: standard-normal inputs, no accuracy",
+    )
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["onnx", "pt2"],
+        choices=["onnx", "pt2", "tvm"],
+        help="artifacts to write",
+    )
+    p.add_argument(
+        "--batch-sizes", nargs="+", type=int, default=[1, 8, 64], help="latency batch sizes"
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per latency cell")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per latency cell")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     p.add_argument("--max-samples", type=int, default=512, help="samples for parity and accuracy")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to time the runtimes")
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to time the runtimes"
+    )
     return p
 
 
@@ -80,14 +96,25 @@ def export_checkpoint(args: argparse.Namespace) -> Path:
             )
     interface = ModelInterface.infer(module=module, datamodule=dm)
     result = export_model(
-        module, out, test_data=test_data, interface=interface, formats=args.formats,
-        batch_sizes=args.batch_sizes, warmup=args.warmup, repeats=args.repeats, opset=args.opset,
-        max_parity_samples=args.max_samples, device=args.device,
+        module,
+        out,
+        test_data=test_data,
+        interface=interface,
+        formats=args.formats,
+        batch_sizes=args.batch_sizes,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        opset=args.opset,
+        max_parity_samples=args.max_samples,
+        device=args.device,
         name=str(module.hparams["backbone_config"].get("_target_", "model")).rsplit(".", 1)[-1],
-        metrics={}, training_config=dict(module.hparams),
+        metrics={},
+        training_config=dict(module.hparams),
     )
     print((out / "latency.md").read_text())
-    print(f"wrote {len(result.artifacts)} artifacts, {len(result.parity)} parity checks passed: {out}")
+    print(
+        f"wrote {len(result.artifacts)} artifacts, {len(result.parity)} parity checks passed: {out}"
+    )
     return out
 
 

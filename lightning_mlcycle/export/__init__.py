@@ -6,10 +6,25 @@ Trainer; ``Predictor`` runs an exported model on raw inputs.
 """
 
 from lightning_mlcycle.export.callback import DeploymentExport
-from lightning_mlcycle.export.card import build_model_card, card_markdown, load_model_card, write_model_card
-from lightning_mlcycle.export.exporters import compile_tvm, export_onnx, export_program, tvm_available
+from lightning_mlcycle.export.card import (
+    build_model_card,
+    card_markdown,
+    load_model_card,
+    write_model_card,
+)
+from lightning_mlcycle.export.exporters import (
+    compile_tvm,
+    export_onnx,
+    export_program,
+    tvm_available,
+)
 from lightning_mlcycle.export.interface import ModelInterface
-from lightning_mlcycle.export.latency import LatencyRow, hardware_info, latency_markdown, measure_latency
+from lightning_mlcycle.export.latency import (
+    LatencyRow,
+    hardware_info,
+    latency_markdown,
+    measure_latency,
+)
 from lightning_mlcycle.export.parity import (
     DEFAULT_TOLERANCES,
     ParityError,
@@ -20,7 +35,12 @@ from lightning_mlcycle.export.parity import (
 )
 from lightning_mlcycle.export.pipeline import ExportResult, export_model
 from lightning_mlcycle.export.predictor import Predictor
-from lightning_mlcycle.export.runtimes import EagerRunner, OnnxRuntimeRunner, ProgramRunner, TvmRunner
+from lightning_mlcycle.export.runtimes import (
+    EagerRunner,
+    OnnxRuntimeRunner,
+    ProgramRunner,
+    TvmRunner,
+)
 
 __all__ = [
     "DEFAULT_TOLERANCES",

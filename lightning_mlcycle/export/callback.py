@@ -37,14 +37,21 @@ def collect_samples(loader: Any, max_samples: int) -> tuple[torch.Tensor, torch.
     n = 0
     for batch in loader:
         if isinstance(batch, Mapping):
-            x = next((batch[k] for k in ("x", "input", "inputs", "image", "images") if k in batch), None)
-            y = next((batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch), None)
+            x = next(
+                (batch[k] for k in ("x", "input", "inputs", "image", "images") if k in batch), None
+            )
+            y = next(
+                (batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch),
+                None,
+            )
         elif isinstance(batch, (list, tuple)):
             x, y = batch[0], (batch[1] if len(batch) > 1 else None)
         else:
             x, y = batch, None
         if not isinstance(x, torch.Tensor):
-            raise MLCycleError(f"Cannot find the input tensor in a batch of type {type(batch).__name__}.")
+            raise MLCycleError(
+                f"Cannot find the input tensor in a batch of type {type(batch).__name__}."
+            )
         xs.append(x.detach().cpu())
         if isinstance(y, torch.Tensor) and y.ndim == 1 and not torch.is_floating_point(y):
             ys.append(y.detach().cpu())
@@ -104,12 +111,16 @@ class DeploymentExport(pl.Callback):
         formats = list(formats)
         for f in formats:
             if f not in FORMATS:
-                raise ValueError(f"Expected every entry of `formats` to be one of {list(FORMATS)}, but got {f!r}.")
+                raise ValueError(
+                    f"Expected every entry of `formats` to be one of {list(FORMATS)}, but got {f!r}."
+                )
         if not formats:
             raise ValueError("`formats` cannot be empty; choose from ['onnx', 'pt2', 'tvm'].")
         if "tvm" in formats and not tvm_available():
-            raise MLCycleError("`formats` includes 'tvm' but TVM is not installed: "
-                               "`pip install 'lightning-mlcycle[tvm]'`.")
+            raise MLCycleError(
+                "`formats` includes 'tvm' but TVM is not installed: "
+                "`pip install 'lightning-mlcycle[tvm]'`."
+            )
         if not isinstance(max_samples, int) or max_samples < 1:
             raise ValueError(f"`max_samples` must be a positive integer, but got {max_samples!r}.")
         batch_sizes = list(batch_sizes)
@@ -122,7 +133,9 @@ class DeploymentExport(pl.Callback):
         if not isinstance(opset, int) or opset < 18:
             raise ValueError(f"`opset` must be an integer >= 18, but got {opset!r}.")
         if device not in ("cpu", "cuda"):
-            raise ValueError(f"Expected argument `device` to be one of ['cpu', 'cuda'], but got {device!r}.")
+            raise ValueError(
+                f"Expected argument `device` to be one of ['cpu', 'cuda'], but got {device!r}."
+            )
         merge_tolerances(tolerances)  # validates the keys now, not at the end of training
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.formats = formats
@@ -194,13 +207,19 @@ class DeploymentExport(pl.Callback):
             pl_module.eval()
             out_dim = int(pl_module(x[:2].to(pl_module.device)).shape[-1])
             pl_module.train(was_training)
-        interface = ModelInterface.infer(module=pl_module, datamodule=dm, example=x, num_classes=out_dim)
+        interface = ModelInterface.infer(
+            module=pl_module, datamodule=dm, example=x, num_classes=out_dim
+        )
         out_dir = self.dirpath or trainer_log_dir(trainer) / "export"
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith(("test/", "val/")) and getattr(v, "numel", lambda: 1)() == 1}
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("test/", "val/")) and getattr(v, "numel", lambda: 1)() == 1
+        }
         hparams = dict(getattr(pl_module, "hparams", {}) or {})
         result = export_model(
-            pl_module, out_dir,
+            pl_module,
+            out_dir,
             test_data=(x, y) if y is not None else x,
             interface=interface,
             formats=self.formats,
@@ -213,14 +232,23 @@ class DeploymentExport(pl.Callback):
             device=self.device,
             name=type(pl_module).__name__,
             metrics=metrics,
-            training_config={k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, list, dict))},
+            training_config={
+                k: v
+                for k, v in hparams.items()
+                if isinstance(v, (int, float, str, bool, list, dict))
+            },
             tensorboard=tensorboard_writer(trainer),
             global_step=trainer.global_step,
         )
         self.result = result
         self.last_dir = str(result.directory)
         self.last_summary = result.summary()
-        log.info("DeploymentExport: parity checked on %d %s samples; wrote %s.", int(x.shape[0]), split, out_dir)
+        log.info(
+            "DeploymentExport: parity checked on %d %s samples; wrote %s.",
+            int(x.shape[0]),
+            split,
+            out_dir,
+        )
         for logger in trainer.loggers:
             numbers = {k: v for k, v in self.last_summary.items() if isinstance(v, (int, float))}
             logger.log_metrics(numbers, step=trainer.global_step)
@@ -228,7 +256,11 @@ class DeploymentExport(pl.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"exports": self.exports, "last_dir": self.last_dir, "last_summary": dict(self.last_summary)}
+        return {
+            "exports": self.exports,
+            "last_dir": self.last_dir,
+            "last_summary": dict(self.last_summary),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

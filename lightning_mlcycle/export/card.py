@@ -28,8 +28,16 @@ def library_versions() -> dict[str, str | None]:
         True
     """
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("torch", "lightning", "onnx", "onnxruntime", "onnxscript", "numpy",
-                 "apache-tvm", "lightning-mlcycle"):
+    for dist in (
+        "torch",
+        "lightning",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "numpy",
+        "apache-tvm",
+        "lightning-mlcycle",
+    ):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -94,19 +102,29 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         '# Model card: m'
     """
     itf, pre = card["interface"], card["interface"]["preprocessing"]
-    lines = [f"# Model card: {card['name']}", "", card.get("description", ""), "",
-             "## Interface", "",
-             f"- input `{itf['input_name']}`: {itf['input_dtype']}, shape {itf['input_shape']} "
-             f"({itf['layout']}), the batch dimension is dynamic",
-             f"- output `{itf['output_name']}`: {itf['output_dtype']}, shape {itf['output_shape']}: "
-             f"{itf['output_meaning']}",
-             f"- classes ({len(card['class_names'])}): {', '.join(card['class_names'])}",
-             "", "## Preprocessing", ""]
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        card.get("description", ""),
+        "",
+        "## Interface",
+        "",
+        f"- input `{itf['input_name']}`: {itf['input_dtype']}, shape {itf['input_shape']} "
+        f"({itf['layout']}), the batch dimension is dynamic",
+        f"- output `{itf['output_name']}`: {itf['output_dtype']}, shape {itf['output_shape']}: "
+        f"{itf['output_meaning']}",
+        f"- classes ({len(card['class_names'])}): {', '.join(card['class_names'])}",
+        "",
+        "## Preprocessing",
+        "",
+    ]
     if pre.get("raw_range"):
         lines.append(f"- raw inputs in [{pre['raw_range'][0]:g}, {pre['raw_range'][1]:g}]")
     if pre.get("image_mode"):
-        lines.append(f"- images: converted to PIL mode `{pre['image_mode']}`, resized to "
-                     f"{pre['image_size'][0]}x{pre['image_size'][1]} (height x width)")
+        lines.append(
+            f"- images: converted to PIL mode `{pre['image_mode']}`, resized to "
+            f"{pre['image_size'][0]}x{pre['image_size'][1]} (height x width)"
+        )
     if pre.get("uint8_images"):
         lines.append(f"- {pre['uint8_images']}")
     lines.append(f"- normalization: {pre['formula']}")
@@ -114,21 +132,29 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         mean = ", ".join(f"{v:.6g}" for v in pre["normalization"]["mean"])
         std = ", ".join(f"{v:.6g}" for v in pre["normalization"]["std"])
         lines += [f"  - mean: [{mean}]", f"  - std: [{std}]"]
-    lines += ["", "`Predictor(<this folder>)` applies all of this: "
-              "`Predictor(dir).predict(raw_batch)`.", ""]
+    lines += [
+        "",
+        "`Predictor(<this folder>)` applies all of this: `Predictor(dir).predict(raw_batch)`.",
+        "",
+    ]
     if card.get("metrics"):
         lines += ["## Metrics", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in card["metrics"].items()]
         lines.append("")
     if card.get("artifacts"):
-        lines += ["## Artifacts", "",
-                  "| file | variant | format | precision | size KiB | parity | sha256 |",
-                  "|---|---|---|---|---:|---|---|"]
+        lines += [
+            "## Artifacts",
+            "",
+            "| file | variant | format | precision | size KiB | parity | sha256 |",
+            "|---|---|---|---|---:|---|---|",
+        ]
         for a in card["artifacts"]:
             par = a.get("parity") or []
             ok = "n/a" if not par else ("pass" if all(p["passed"] for p in par) else "FAIL")
-            lines.append(f"| {a['file']} | {a['variant']} | {a['format']} | {a['precision']} | "
-                         f"{a['bytes'] / 1024:.1f} | {ok} | `{a['sha256'][:12]}` |")
+            lines.append(
+                f"| {a['file']} | {a['variant']} | {a['format']} | {a['precision']} | "
+                f"{a['bytes'] / 1024:.1f} | {ok} | `{a['sha256'][:12]}` |"
+            )
         lines.append("")
     if card.get("latency"):
         rows = [LatencyRow(**r) for r in card["latency"]]
@@ -136,8 +162,14 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     lines += ["## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in card.get("versions", {}).items() if v]
     if card.get("training_config"):
-        lines += ["", "## Training config", "", "```json",
-                  json.dumps(card["training_config"], indent=2), "```"]
+        lines += [
+            "",
+            "## Training config",
+            "",
+            "```json",
+            json.dumps(card["training_config"], indent=2),
+            "```",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +192,9 @@ def load_model_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.is_dir():
         p = p / CARD_FILE
     if not p.is_file():
-        raise MLCycleError(f"No model card at {str(p)!r}: export the model first (export_model / mlcycle-export).")
+        raise MLCycleError(
+            f"No model card at {str(p)!r}: export the model first (export_model / mlcycle-export)."
+        )
     try:
         card = json.loads(p.read_text())
     except json.JSONDecodeError as err:

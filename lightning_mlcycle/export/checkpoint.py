@@ -57,7 +57,9 @@ def load_classifier(path: str | os.PathLike[str]) -> Any:
             f"(found {sorted(hp)})."
         )
     try:
-        module = ClassificationModule.load_from_checkpoint(str(p), map_location="cpu", weights_only=True)
+        module = ClassificationModule.load_from_checkpoint(
+            str(p), map_location="cpu", weights_only=True
+        )
     except Exception as err:
         raise MLCycleError(f"Cannot rebuild the model from {str(path)!r}: {err}") from err
     return module.eval()

@@ -95,7 +95,9 @@ def export_program(
         torch.Size([5, 2])
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise TypeError(
+            f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}."
+        )
     kwargs: dict = {}
     if dynamic_batch:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=_MAX_BATCH)},)
@@ -105,7 +107,9 @@ def export_program(
     try:
         with _quiet(), torch.no_grad():
             program = torch.export.export(model, (example,), **kwargs)
-    except Exception as err:  # torch raises many types (UserError, GuardOnDataDependentSymNode, ...)
+    except (
+        Exception
+    ) as err:  # torch raises many types (UserError, GuardOnDataDependentSymNode, ...)
         raise _explain_export_error(model, err) from err
     if path is not None:
         out = Path(path)
@@ -148,13 +152,16 @@ def export_onnx(
         4
     """
     if not isinstance(opset, int) or opset < 18:
-        raise ValueError(f"`opset` must be an integer >= 18 (the dynamo exporter's minimum), but got {opset!r}.")
+        raise ValueError(
+            f"`opset` must be an integer >= 18 (the dynamo exporter's minimum), but got {opset!r}."
+        )
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
     try:
         with _quiet(), torch.no_grad():
-            return to_onnx(model, example, path, opset=opset, input_name=input_name,
-                           output_name=output_name)
+            return to_onnx(
+                model, example, path, opset=opset, input_name=input_name, output_name=output_name
+            )
     except Exception as err:
         # the ONNX exporter's message buries the cause; torch.export alone names the line at fault
         export_program(model, example)
@@ -208,7 +215,11 @@ def compile_tvm(
             executable = tvm.compile(mod, target=target)
             executable.export_library(str(out))
     except Exception as err:
-        what = "the exported program" if isinstance(source, torch.export.ExportedProgram) else str(source)
+        what = (
+            "the exported program"
+            if isinstance(source, torch.export.ExportedProgram)
+            else str(source)
+        )
         raise MLCycleError(f"TVM could not compile {what} for target {target!r}: {err}") from err
     del relax
     return out

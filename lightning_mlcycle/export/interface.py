@@ -51,27 +51,40 @@ class ModelInterface:
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.input_shape)
         if not shape or any(s < 1 for s in shape):
-            raise MLCycleError(f"`input_shape` must be positive sizes, but got {self.input_shape!r}.")
+            raise MLCycleError(
+                f"`input_shape` must be positive sizes, but got {self.input_shape!r}."
+            )
         self.input_shape = shape
         self.class_names = [str(c) for c in self.class_names]
         if len(self.class_names) < 2:
-            raise MLCycleError(f"`class_names` must name at least 2 classes, but got {self.class_names!r}.")
+            raise MLCycleError(
+                f"`class_names` must name at least 2 classes, but got {self.class_names!r}."
+            )
         if self.raw_range is not None:
             lo, hi = (float(v) for v in self.raw_range)
             if not hi > lo:
-                raise MLCycleError(f"`raw_range` must be (low, high) with high > low, but got {self.raw_range!r}.")
+                raise MLCycleError(
+                    f"`raw_range` must be (low, high) with high > low, but got {self.raw_range!r}."
+                )
             self.raw_range = (lo, hi)
         if self.normalization is not None:
-            if not isinstance(self.normalization, Mapping) or set(self.normalization) < {"mean", "std"}:
+            if not isinstance(self.normalization, Mapping) or set(self.normalization) < {
+                "mean",
+                "std",
+            }:
                 raise MLCycleError(
                     f"`normalization` must be a mapping with 'mean' and 'std', but got {self.normalization!r}."
                 )
             mean = np.asarray(self.normalization["mean"], dtype=np.float32).ravel()
             std = np.asarray(self.normalization["std"], dtype=np.float32).ravel()
             if mean.shape != std.shape:
-                raise MLCycleError(f"`normalization` mean and std differ in length: {mean.size} vs {std.size}.")
+                raise MLCycleError(
+                    f"`normalization` mean and std differ in length: {mean.size} vs {std.size}."
+                )
             if np.any(std <= 0):
-                raise MLCycleError(f"`normalization['std']` must be positive, but got {std.tolist()}.")
+                raise MLCycleError(
+                    f"`normalization['std']` must be positive, but got {std.tolist()}."
+                )
             self.normalization = {"mean": mean.tolist(), "std": std.tolist()}
             self._mean, self._std = self._broadcast(mean), self._broadcast(std)
 
@@ -137,11 +150,14 @@ class ModelInterface:
                 "image_size": list(self.input_shape[1:]) if self.layout == "NCHW" else None,
                 "normalization": self.normalization,
                 "formula": "x = (raw - mean) / std, per channel (images) or per feature"
-                if self.normalization else "none: the model takes raw inputs",
+                if self.normalization
+                else "none: the model takes raw inputs",
                 "uint8_images": (
                     f"8-bit pixels p are mapped to raw = {self.raw_range[0]:g} + p / 255 * "
                     f"{self.raw_range[1] - self.raw_range[0]:g} before normalization"
-                ) if self.raw_range and self.layout == "NCHW" else None,
+                )
+                if self.raw_range and self.layout == "NCHW"
+                else None,
             },
         }
 
@@ -184,12 +200,16 @@ class ModelInterface:
         if not shape and example is not None:
             shape = tuple(example.shape[1:])
         if not shape:
-            raise MLCycleError("Cannot tell the model's input shape: pass `example` or a datamodule with `input_shape`.")
+            raise MLCycleError(
+                "Cannot tell the model's input shape: pass `example` or a datamodule with `input_shape`."
+            )
         names = list(getattr(datamodule, "class_names", None) or hp.get("class_names") or [])
         if not names:
             n = num_classes or hp.get("num_classes")
             if not n:
-                raise MLCycleError("Cannot tell the number of classes: pass `num_classes` or class names.")
+                raise MLCycleError(
+                    "Cannot tell the number of classes: pass `num_classes` or class names."
+                )
             names = [str(i) for i in range(int(n))]
         norm = None
         try:
@@ -208,4 +228,3 @@ class ModelInterface:
             except Exception:  # a data module whose raw_split needs more than we know
                 raw_range = None
         return cls(tuple(shape), names, dict(norm) if norm else None, raw_range)
-

@@ -121,7 +121,11 @@ def measure_latency(
         t0 = time.perf_counter()
         fn(batch)
         times.append(time.perf_counter() - t0)
-        if max_seconds is not None and len(times) >= 3 and time.perf_counter() - start > max_seconds:
+        if (
+            max_seconds is not None
+            and len(times) >= 3
+            and time.perf_counter() - start > max_seconds
+        ):
             break
     arr = np.asarray(times) * 1000.0
     median = float(np.median(arr))

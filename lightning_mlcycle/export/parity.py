@@ -23,8 +23,17 @@ import numpy as np
 from lightning_mlcycle._errors import MLCycleError
 
 _QUANT_OPS = {
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-    "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd", "QLinearMul", "DynamicQuantizeMatMul",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
 }
 
@@ -84,7 +93,9 @@ def merge_tolerances(overrides: Mapping[str, Any] | None) -> dict[str, Tolerance
         elif isinstance(value, Mapping):
             out[key] = dataclasses.replace(out[key], **dict(value))
         else:
-            raise TypeError(f"`tolerances[{key!r}]` must be a Tolerance or a mapping, but got {value!r}.")
+            raise TypeError(
+                f"`tolerances[{key!r}]` must be a Tolerance or a mapping, but got {value!r}."
+            )
     return out
 
 
@@ -190,7 +201,9 @@ def compare_outputs(
         'max|y - y_ref| = 0.5 <= 1e-05 + 0.0001 * 3 = 0.00031: no'
     """
     if precision not in DEFAULT_TOLERANCES:
-        raise ValueError(f"Expected argument `precision` to be one of {sorted(DEFAULT_TOLERANCES)}, but got {precision!r}.")
+        raise ValueError(
+            f"Expected argument `precision` to be one of {sorted(DEFAULT_TOLERANCES)}, but got {precision!r}."
+        )
     tol = tolerance or DEFAULT_TOLERANCES[precision]
     out = np.asarray(output, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
@@ -201,8 +214,17 @@ def compare_outputs(
         )
     if not np.all(np.isfinite(out)):
         bad = int(np.sum(~np.isfinite(out)))
-        return ParityResult(artifact, runtime, precision, int(ref.shape[0]), float("nan"), float("nan"),
-                            0.0, False, f"{bad} non-finite outputs: no")
+        return ParityResult(
+            artifact,
+            runtime,
+            precision,
+            int(ref.shape[0]),
+            float("nan"),
+            float("nan"),
+            0.0,
+            False,
+            f"{bad} non-finite outputs: no",
+        )
     err = np.abs(out - ref)
     max_abs = float(err.max()) if err.size else 0.0
     ref_norm = float(np.linalg.norm(ref)) or 1.0
@@ -212,15 +234,29 @@ def compare_outputs(
     if tol.rtol is not None:
         scale = float(np.abs(ref).max()) if ref.size else 0.0
         bound = tol.atol + tol.rtol * scale
-        rules.append((f"max|y - y_ref| = {max_abs:.3g} <= {tol.atol:g} + {tol.rtol:g} * {scale:.3g} "
-                      f"= {bound:.3g}", max_abs <= bound))
+        rules.append(
+            (
+                f"max|y - y_ref| = {max_abs:.3g} <= {tol.atol:g} + {tol.rtol:g} * {scale:.3g} "
+                f"= {bound:.3g}",
+                max_abs <= bound,
+            )
+        )
     if tol.min_agreement is not None:
-        rules.append((f"class agreement = {agree:.4f} >= {tol.min_agreement:g}", agree >= tol.min_agreement))
+        rules.append(
+            (f"class agreement = {agree:.4f} >= {tol.min_agreement:g}", agree >= tol.min_agreement)
+        )
     if tol.max_rel_l2 is not None:
-        rules.append((f"||y - y_ref|| / ||y_ref|| = {rel_l2:.3g} <= {tol.max_rel_l2:g}", rel_l2 <= tol.max_rel_l2))
+        rules.append(
+            (
+                f"||y - y_ref|| / ||y_ref|| = {rel_l2:.3g} <= {tol.max_rel_l2:g}",
+                rel_l2 <= tol.max_rel_l2,
+            )
+        )
     passed = all(ok for _, ok in rules)
     rule = "; ".join(f"{text}: {'yes' if ok else 'no'}" for text, ok in rules)
-    return ParityResult(artifact, runtime, precision, int(ref.shape[0]), max_abs, rel_l2, agree, passed, rule)
+    return ParityResult(
+        artifact, runtime, precision, int(ref.shape[0]), max_abs, rel_l2, agree, passed, rule
+    )
 
 
 def check_parity(
@@ -263,12 +299,21 @@ def check_parity(
     inputs = np.asarray(inputs, dtype=np.float32)
     if inputs.ndim < 1 or inputs.shape[0] == 0:
         raise ValueError(f"`inputs` must hold at least one sample, but got shape {inputs.shape}.")
-    chunks = [inputs[i: i + batch_size] for i in range(0, inputs.shape[0], batch_size)]
+    chunks = [inputs[i : i + batch_size] for i in range(0, inputs.shape[0], batch_size)]
     out = np.concatenate([np.asarray(runner(c)) for c in chunks])
-    ref = reference if isinstance(reference, np.ndarray) else np.concatenate(
-        [np.asarray(reference(c)) for c in chunks])
-    result = compare_outputs(out, ref, precision=precision, tolerance=tolerance, artifact=artifact,
-                             runtime=runtime or getattr(runner, "runtime", type(runner).__name__))
+    ref = (
+        reference
+        if isinstance(reference, np.ndarray)
+        else np.concatenate([np.asarray(reference(c)) for c in chunks])
+    )
+    result = compare_outputs(
+        out,
+        ref,
+        precision=precision,
+        tolerance=tolerance,
+        artifact=artifact,
+        runtime=runtime or getattr(runner, "runtime", type(runner).__name__),
+    )
     if raise_on_failure and not result.passed:
         raise ParityError(
             f"Parity check failed for {result.artifact} on {result.runtime} ({result.precision}, "

@@ -20,7 +20,12 @@ from torch import nn
 
 from lightning_mlcycle._errors import MLCycleError
 from lightning_mlcycle.export.card import build_model_card, write_model_card
-from lightning_mlcycle.export.exporters import compile_tvm, export_onnx, export_program, tvm_available
+from lightning_mlcycle.export.exporters import (
+    compile_tvm,
+    export_onnx,
+    export_program,
+    tvm_available,
+)
 from lightning_mlcycle.export.interface import ModelInterface
 from lightning_mlcycle.export.latency import (
     LatencyRow,
@@ -81,8 +86,10 @@ class ExportResult:
 
     def summary(self, prefix: str = "export/") -> dict[str, Any]:
         """A few flat numbers for the CLI summary: counts and the batch-1 latency per artifact."""
-        out: dict[str, Any] = {f"{prefix}artifacts": len(self.artifacts),
-                               f"{prefix}parity_passed": sum(p.passed for p in self.parity)}
+        out: dict[str, Any] = {
+            f"{prefix}artifacts": len(self.artifacts),
+            f"{prefix}parity_passed": sum(p.passed for p in self.parity),
+        }
         for r in self.latency:
             if r.batch_size == 1:
                 out[f"{prefix}{r.artifact}/{r.runtime}/b1_ms"] = round(r.median_ms, 4)
@@ -135,11 +142,19 @@ def _export_module(
         p = out_dir / f"{stem}.pt2"
         made.append(("pt2", "torch.export", p, ProgramRunner(p, device=device)))
     if "onnx" in formats:
-        p = export_onnx(module, example, out_dir / f"{stem}.onnx", opset=opset,
-                        input_name=interface.input_name, output_name=interface.output_name)
+        p = export_onnx(
+            module,
+            example,
+            out_dir / f"{stem}.onnx",
+            opset=opset,
+            input_name=interface.input_name,
+            output_name=interface.output_name,
+        )
         made.append(("onnx", "onnxruntime", p, OnnxRuntimeRunner(p, device=device)))
     if "tvm" in formats:
-        p = compile_tvm(program, out_dir / f"{stem}_tvm.so", target="cuda" if device == "cuda" else "llvm")
+        p = compile_tvm(
+            program, out_dir / f"{stem}_tvm.so", target="cuda" if device == "cuda" else "llvm"
+        )
         made.append(("tvm", "tvm", p, TvmRunner(p, device=device)))
     return made
 
@@ -227,16 +242,22 @@ def export_model(
         [('eager', 1), ('eager', 8)]
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise TypeError(
+            f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}."
+        )
     formats = list(dict.fromkeys(formats))
     for f in formats:
         if f not in FORMATS:
-            raise ValueError(f"Expected every entry of `formats` to be one of {list(FORMATS)}, but got {f!r}.")
+            raise ValueError(
+                f"Expected every entry of `formats` to be one of {list(FORMATS)}, but got {f!r}."
+            )
     if not formats:
         raise ValueError("`formats` cannot be empty; choose from ['onnx', 'pt2', 'tvm'].")
     for r in runtimes:
         if r not in RUNTIMES:
-            raise ValueError(f"Expected every entry of `runtimes` to be one of {list(RUNTIMES)}, but got {r!r}.")
+            raise ValueError(
+                f"Expected every entry of `runtimes` to be one of {list(RUNTIMES)}, but got {r!r}."
+            )
     if "tvm" in formats and not tvm_available():
         raise MLCycleError(
             "`formats` includes 'tvm' but TVM is not installed: `pip install 'lightning-mlcycle[tvm]'`."
@@ -244,7 +265,9 @@ def export_model(
     if not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"`batch_sizes` must be positive integers, but got {list(batch_sizes)!r}.")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"Expected argument `device` to be one of ['cpu', 'cuda'], but got {device!r}.")
+        raise ValueError(
+            f"Expected argument `device` to be one of ['cpu', 'cuda'], but got {device!r}."
+        )
     if device == "cuda" and not torch.cuda.is_available():
         raise MLCycleError("`device='cuda'` but torch sees no CUDA GPU; use device='cpu'.")
     if max_parity_samples < 1:
@@ -253,7 +276,9 @@ def export_model(
     variants = dict(variants or {})
     for vname, v in variants.items():
         if not isinstance(v, nn.Module):
-            raise TypeError(f"`variants[{vname!r}]` must be a torch.nn.Module, but got {type(v).__name__}.")
+            raise TypeError(
+                f"`variants[{vname!r}]` must be a torch.nn.Module, but got {type(v).__name__}."
+            )
     extra_onnx = {k: Path(v) for k, v in (onnx_files or {}).items()}
     for k, p in extra_onnx.items():
         if not p.is_file():
@@ -279,11 +304,18 @@ def export_model(
                 raise MLCycleError("Pass `example` or `test_data`: the input shape is unknown.")
             shape = interface.input_shape if interface is not None else tuple(hp_shape)
         rng = np.random.default_rng(0)
-        x_np = rng.standard_normal((min(_SYNTHETIC_SAMPLES, max_parity_samples), *shape)).astype(np.float32)
-    x_np, labels = x_np[:max_parity_samples], None if labels is None else labels[:max_parity_samples]
+        x_np = rng.standard_normal((min(_SYNTHETIC_SAMPLES, max_parity_samples), *shape)).astype(
+            np.float32
+        )
+    x_np, labels = (
+        x_np[:max_parity_samples],
+        None if labels is None else labels[:max_parity_samples],
+    )
     if x_np.shape[0] == 0:
         raise MLCycleError("`test_data` holds no samples.")
-    ex = torch.from_numpy(_as_numpy(example).astype(np.float32) if example is not None else x_np[:2].copy())
+    ex = torch.from_numpy(
+        _as_numpy(example).astype(np.float32) if example is not None else x_np[:2].copy()
+    )
 
     result = ExportResult(directory=out, hardware=hardware_info())
     runners: dict[str, tuple[str, int, Callable[[np.ndarray], np.ndarray], float | None]] = {}
@@ -297,7 +329,9 @@ def export_model(
             stack.enter_context(_on_cpu_eval(v))
         dense_ref = EagerRunner(net)(x_np)
         if interface is None:
-            interface = ModelInterface.infer(module=model, example=ex, num_classes=int(dense_ref.shape[-1]))
+            interface = ModelInterface.infer(
+                module=model, example=ex, num_classes=int(dense_ref.shape[-1])
+            )
         if interface.num_classes != dense_ref.shape[-1]:
             raise MLCycleError(
                 f"The model has {dense_ref.shape[-1]} outputs but the interface names "
@@ -306,7 +340,9 @@ def export_model(
         for vname, module in [("dense", net), *variants.items()]:
             ref = dense_ref if vname == "dense" else EagerRunner(module)(x_np)
             # a GPU copy for timing, so the module itself stays on the CPU for the exporters
-            eager = EagerRunner(copy.deepcopy(module) if device == "cuda" else module, device=device)
+            eager = EagerRunner(
+                copy.deepcopy(module) if device == "cuda" else module, device=device
+            )
             label = "model (eager)" if vname == "dense" else f"model_{vname} (eager)"
             runners[label] = ("eager", _module_bytes(module), eager, accuracy(ref))
             precision = module_precision(module)
@@ -320,8 +356,15 @@ def export_model(
                 continue
             for fmt, runtime, path, runner in made:
                 prec = onnx_precision(path) if fmt == "onnx" else precision
-                par = check_parity(runner, ref, x_np, precision=prec, tolerance=tol[prec],
-                                   artifact=path.name, runtime=runtime)
+                par = check_parity(
+                    runner,
+                    ref,
+                    x_np,
+                    precision=prec,
+                    tolerance=tol[prec],
+                    artifact=path.name,
+                    runtime=runtime,
+                )
                 result.parity.append(par)
                 _record(result, path, vname, fmt, prec, [par])
                 runners[path.name] = (runtime, path.stat().st_size, runner, accuracy(runner(x_np)))
@@ -331,11 +374,23 @@ def export_model(
                 shutil.copyfile(src, dst)
             prec = onnx_precision(dst)
             ort_runner = OnnxRuntimeRunner(dst, device=device)
-            par = check_parity(ort_runner, dense_ref, x_np, precision=prec, tolerance=tol[prec],
-                               artifact=dst.name, runtime="onnxruntime")
+            par = check_parity(
+                ort_runner,
+                dense_ref,
+                x_np,
+                precision=prec,
+                tolerance=tol[prec],
+                artifact=dst.name,
+                runtime="onnxruntime",
+            )
             result.parity.append(par)
             checks = [par]
-            runners[dst.name] = ("onnxruntime", dst.stat().st_size, ort_runner, accuracy(ort_runner(x_np)))
+            runners[dst.name] = (
+                "onnxruntime",
+                dst.stat().st_size,
+                ort_runner,
+                accuracy(ort_runner(x_np)),
+            )
             if "tvm" in formats:
                 so = out / f"model_{oname}_tvm.so"
                 try:
@@ -345,11 +400,23 @@ def export_model(
                     log.warning("Export: TVM cannot compile %s: %s", dst.name, err)
                     result.skipped[f"{dst.name} (tvm)"] = str(err)
                 else:
-                    tpar = check_parity(tvm_runner, dense_ref, x_np, precision=prec, tolerance=tol[prec],
-                                        artifact=so.name, runtime="tvm")
+                    tpar = check_parity(
+                        tvm_runner,
+                        dense_ref,
+                        x_np,
+                        precision=prec,
+                        tolerance=tol[prec],
+                        artifact=so.name,
+                        runtime="tvm",
+                    )
                     result.parity.append(tpar)
                     _record(result, so, oname, "tvm", prec, [tpar])
-                    runners[so.name] = ("tvm", so.stat().st_size, tvm_runner, accuracy(tvm_runner(x_np)))
+                    runners[so.name] = (
+                        "tvm",
+                        so.stat().st_size,
+                        tvm_runner,
+                        accuracy(tvm_runner(x_np)),
+                    )
             _record(result, dst, oname, "onnx", prec, checks)
 
         # the latency report: every artifact on its runtime, at every batch size
@@ -357,39 +424,87 @@ def export_model(
             if runtime not in runtimes:
                 continue
             for b in batch_sizes:
-                t = measure_latency(runner, tile_batch(x_np, b), warmup=warmup, repeats=repeats,
-                                    max_seconds=max_seconds_per_cell)
-                result.latency.append(LatencyRow(label, runtime, b, t["median_ms"], t["p95_ms"],
-                                                 t["throughput"], int(t["runs"]), size, acc))
+                t = measure_latency(
+                    runner,
+                    tile_batch(x_np, b),
+                    warmup=warmup,
+                    repeats=repeats,
+                    max_seconds=max_seconds_per_cell,
+                )
+                result.latency.append(
+                    LatencyRow(
+                        label,
+                        runtime,
+                        b,
+                        t["median_ms"],
+                        t["p95_ms"],
+                        t["throughput"],
+                        int(t["runs"]),
+                        size,
+                        acc,
+                    )
+                )
 
     latency_md = latency_markdown(result.latency, result.hardware)
-    (out / "latency.json").write_text(json.dumps(
-        {"hardware": result.hardware, "rows": [r.to_dict() for r in result.latency],
-         "warmup": warmup, "repeats": repeats}, indent=2))
+    (out / "latency.json").write_text(
+        json.dumps(
+            {
+                "hardware": result.hardware,
+                "rows": [r.to_dict() for r in result.latency],
+                "warmup": warmup,
+                "repeats": repeats,
+            },
+            indent=2,
+        )
+    )
     (out / "latency.md").write_text("# Latency\n\n" + latency_md + "\n")
     all_metrics = dict(metrics or {})
     dense_acc = runners["model (eager)"][3]
     if dense_acc is not None:
         all_metrics.setdefault("parity_set/acc", dense_acc)
     result.card = build_model_card(
-        name=name, interface=interface, artifacts=result.artifacts, metrics=all_metrics,
-        latency=result.latency, hardware=result.hardware, training_config=training_config,
+        name=name,
+        interface=interface,
+        artifacts=result.artifacts,
+        metrics=all_metrics,
+        latency=result.latency,
+        hardware=result.hardware,
+        training_config=training_config,
     )
     write_model_card(result.card, out)
     if tensorboard is not None:
         tensorboard.add_text("export/latency", latency_md, global_step=global_step)
-        tensorboard.add_text("export/model_card", (out / "model_card.md").read_text(), global_step=global_step)
+        tensorboard.add_text(
+            "export/model_card", (out / "model_card.md").read_text(), global_step=global_step
+        )
         flush = getattr(tensorboard, "flush", None)
         if callable(flush):
             flush()
-    log.info("Export: %d artifacts in %s, %d parity checks passed.", len(result.artifacts), out, len(result.parity))
+    log.info(
+        "Export: %d artifacts in %s, %d parity checks passed.",
+        len(result.artifacts),
+        out,
+        len(result.parity),
+    )
     return result
 
 
-def _record(result: ExportResult, path: Path, variant: str, fmt: str, precision: str,
-            parity: Sequence[ParityResult]) -> None:
-    result.artifacts.append({
-        "file": path.name, "variant": variant, "format": fmt, "precision": precision,
-        "bytes": path.stat().st_size, "sha256": file_sha256(path),
-        "parity": [dataclasses.asdict(p) for p in parity],
-    })
+def _record(
+    result: ExportResult,
+    path: Path,
+    variant: str,
+    fmt: str,
+    precision: str,
+    parity: Sequence[ParityResult],
+) -> None:
+    result.artifacts.append(
+        {
+            "file": path.name,
+            "variant": variant,
+            "format": fmt,
+            "precision": precision,
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+            "parity": [dataclasses.asdict(p) for p in parity],
+        }
+    )

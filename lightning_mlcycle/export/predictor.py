@@ -75,9 +75,13 @@ class Predictor:
             if not name:
                 raise MLCycleError(f"The model card in {str(folder)!r} lists no ONNX artifact.")
             path = folder / name
-        entry = next((a for a in self.card.get("artifacts", []) if a.get("file") == path.name), None)
+        entry = next(
+            (a for a in self.card.get("artifacts", []) if a.get("file") == path.name), None
+        )
         if entry is None or entry.get("format") != "onnx":
-            listed = [a["file"] for a in self.card.get("artifacts", []) if a.get("format") == "onnx"]
+            listed = [
+                a["file"] for a in self.card.get("artifacts", []) if a.get("format") == "onnx"
+            ]
             raise MLCycleError(
                 f"{path.name!r} is not an ONNX artifact of the model card in {str(folder)!r}; "
                 f"it lists {listed}."
@@ -85,8 +89,9 @@ class Predictor:
         self.path = path
         self.artifact = entry
         self.interface = ModelInterface.from_dict(self.card["interface"])
-        self._runner = OnnxRuntimeRunner(path, threads=threads, device=device,
-                                         sha256=entry.get("sha256") if verify else None)
+        self._runner = OnnxRuntimeRunner(
+            path, threads=threads, device=device, sha256=entry.get("sha256") if verify else None
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -122,7 +127,9 @@ class Predictor:
 def _pil_to_array(img: Any, spec: ModelInterface) -> np.ndarray:
     mode = spec.image_mode
     if mode is None:
-        raise MLCycleError(f"Got an image, but the model takes {spec.layout} inputs of shape {spec.input_shape}.")
+        raise MLCycleError(
+            f"Got an image, but the model takes {spec.layout} inputs of shape {spec.input_shape}."
+        )
     h, w = spec.input_shape[1:]
     img = img.convert(mode)
     if img.size != (w, h):
@@ -140,13 +147,20 @@ def _raw_to_batch(raw: Any, spec: ModelInterface) -> np.ndarray:
     """A float32 batch ``(N, *input_shape)`` in the raw range, from any accepted raw input."""
     if hasattr(raw, "convert") and hasattr(raw, "size"):  # one PIL image
         return _scale_uint8(_pil_to_array(raw, spec), spec)[None]
-    if isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)) and raw and hasattr(raw[0], "convert"):
+    if (
+        isinstance(raw, Sequence)
+        and not isinstance(raw, (str, bytes))
+        and raw
+        and hasattr(raw[0], "convert")
+    ):
         return np.stack([_scale_uint8(_pil_to_array(r, spec), spec) for r in raw])
     if hasattr(raw, "detach"):  # a torch tensor
         raw = raw.detach().cpu().numpy()
     arr = np.asarray(raw)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise MLCycleError(f"Expected raw inputs as numbers, numpy arrays or PIL images, but got dtype {arr.dtype}.")
+        raise MLCycleError(
+            f"Expected raw inputs as numbers, numpy arrays or PIL images, but got dtype {arr.dtype}."
+        )
     is_uint8 = arr.dtype == np.uint8
     shape = spec.input_shape
     if arr.shape == shape:

@@ -54,7 +54,9 @@ class EagerRunner:
 
     def __init__(self, module: nn.Module, device: str = "cpu") -> None:
         if not isinstance(module, nn.Module):
-            raise TypeError(f"Expected argument `module` to be a torch.nn.Module, but got {type(module).__name__}.")
+            raise TypeError(
+                f"Expected argument `module` to be a torch.nn.Module, but got {type(module).__name__}."
+            )
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
 

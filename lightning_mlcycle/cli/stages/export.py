@@ -31,15 +31,21 @@ def export_stage(ctx: RunContext) -> None:
         return
     cfg = ctx.cfg.export
     if ctx.model is None or ctx.datamodule is None:
-        raise MLCycleError("The export stage needs the trained model and data of the fit/test stages.")
+        raise MLCycleError(
+            "The export stage needs the trained model and data of the fit/test stages."
+        )
     dm = ctx.datamodule
     x, y = collect_samples(dm.test_dataloader(), int(cfg.max_samples))
     interface = ModelInterface.infer(module=ctx.model, datamodule=dm)
     variants = dict(ctx.extras.get("models") or {}) if cfg.get("variants", True) else {}
     onnx_files = dict(ctx.extras.get("onnx") or {}) if cfg.get("onnx_files", True) else {}
     metrics = {k: float(v) for k, v in ctx.summary.items() if k.startswith("test/")}
-    backbone_cfg = OmegaConf.select(ctx.cfg, "model.backbone._target_") or type(ctx.model.backbone).__name__
-    tolerances = OmegaConf.to_container(cfg.tolerances, resolve=True) if cfg.get("tolerances") else None
+    backbone_cfg = (
+        OmegaConf.select(ctx.cfg, "model.backbone._target_") or type(ctx.model.backbone).__name__
+    )
+    tolerances = (
+        OmegaConf.to_container(cfg.tolerances, resolve=True) if cfg.get("tolerances") else None
+    )
     out = ctx.run_dir / "export"
     result = export_model(
         ctx.model.backbone,
@@ -85,6 +91,10 @@ def _latency_table(result: Any) -> Any:
         acc[(r.artifact, r.runtime)] = r.accuracy
     for (art, rt), cells in rows.items():
         a = acc[(art, rt)]
-        table.add_row(art, rt, *[f"{cells[b]:.3f}" if b in cells else "" for b in sizes],
-                      "n/a" if a is None else f"{a:.4f}")
+        table.add_row(
+            art,
+            rt,
+            *[f"{cells[b]:.3f}" if b in cells else "" for b in sizes],
+            "n/a" if a is None else f"{a:.4f}",
+        )
     return table
