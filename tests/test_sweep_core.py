@@ -11,18 +11,17 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from lightning_mlcycle import ClassificationModule, DigitsDataModule, MLCycleError, OptunaPruning
-from lightning_mlcycle.models import MLP
-from lightning_mlcycle.tuning._storage import mask_url, open_storage, scrub, with_env_password
-from lightning_mlcycle.tuning._sweep_env import TRIAL_ENV, SweepTrial
-from lightning_mlcycle.tuning.optuna_pruning import PruningOutcome, report_and_decide
-
 from hydra_plugins.mlcycle_optuna_sweeper._impl import (
     SweeperImpl,
     failure_budget_exceeded,
     objective_values,
     parse_search_space,
 )
+from lightning_mlcycle import ClassificationModule, DigitsDataModule, MLCycleError, OptunaPruning
+from lightning_mlcycle.models import MLP
+from lightning_mlcycle.tuning._storage import mask_url, open_storage, scrub, with_env_password
+from lightning_mlcycle.tuning._sweep_env import TRIAL_ENV, SweepTrial
+from lightning_mlcycle.tuning.optuna_pruning import PruningOutcome, report_and_decide
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

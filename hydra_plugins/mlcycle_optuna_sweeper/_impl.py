@@ -184,8 +184,10 @@ def _as_text(value: Any) -> str:
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"lr": "interval(..)"}}`` (e.g. from ``+hydra.sweeper.params.model.lr=...``)
-    as ``{"model.lr": "interval(..)"}``."""
+    """Nested params (e.g. from ``+hydra.sweeper.params.model.lr=...``) as dotted keys.
+
+    ``{"model": {"lr": "interval(..)"}}`` becomes ``{"model.lr": "interval(..)"}``.
+    """
     out: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
@@ -526,7 +528,7 @@ class SweeperImpl:
                 for group, overrides in _contiguous(trials, batch):
                     rets = self.launcher.launch(overrides, initial_job_idx=group[0].number)
                     returns.extend(rets)
-                    for trial, ret in zip(group, rets):
+                    for trial, ret in zip(group, rets, strict=True):
                         self._tell(study, trial, ret)
             except BaseException:
                 self._release(trials)
@@ -589,10 +591,12 @@ class SweeperImpl:
 
 
 def _contiguous(trials: Sequence[Any], batch: Sequence[Any]) -> list[tuple[list[Any], list[Any]]]:
-    """Split claimed trials into runs of consecutive numbers (one launch each), so every job's
-    number (and sub-folder) is its trial number."""
+    """Split claimed trials into runs of consecutive numbers (one launch each).
+
+    So every job's number (and sub-folder) is its trial number.
+    """
     groups: list[tuple[list[Any], list[Any]]] = []
-    for trial, overrides in zip(trials, batch):
+    for trial, overrides in zip(trials, batch, strict=True):
         if groups and groups[-1][0][-1].number + 1 == trial.number:
             groups[-1][0].append(trial)
             groups[-1][1].append(overrides)

@@ -146,7 +146,7 @@ def log_trial_hparams(impl: Any, trial: FrozenTrial) -> None:
     hp["state"] = trial.state.name
     metrics: dict[str, float] = {}
     if trial.values is not None:
-        metrics = {f"hp/{n}": float(v) for n, v in zip(impl.metric_names, trial.values)}
+        metrics = {f"hp/{n}": float(v) for n, v in zip(impl.metric_names, trial.values, strict=False)}
     elif trial.intermediate_values:
         last = trial.intermediate_values[max(trial.intermediate_values)]
         metrics = {f"hp/{impl.metric_names[0]}": float(last)}

@@ -7,7 +7,7 @@ real types.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional  # noqa: UP035 - OmegaConf reads these annotations
+from typing import Any, Dict  # noqa: UP035 - OmegaConf reads these annotations
 
 from hydra.core.config_store import ConfigStore
 
@@ -39,15 +39,15 @@ class MLCycleOptunaSweeperConf:
         default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 42}
     )
     pruner: Any = None
-    monitor: Optional[str] = None
+    monitor: str | None = None
     direction: Any = "minimize"
     study_name: str = "mlcycle"
-    storage: Optional[str] = None
+    storage: str | None = None
     n_trials: int = 20
     n_jobs: int = 1
     max_failure_rate: float = 0.25
-    params: Optional[Dict[str, Any]] = None  # noqa: UP006
-    custom_search_space: Optional[str] = None
+    params: Dict[str, Any] | None = None  # noqa: UP006
+    custom_search_space: str | None = None
 
 
 ConfigStore.instance().store(
