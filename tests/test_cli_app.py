@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,7 +176,11 @@ def test_bad_value_in_a_group_names_the_key(compose_cfg):
 
 @pytest.mark.slow
 def test_console_script_end_to_end(tmp_path):
-    """`mlcycle` as a user runs it: the console script, Hydra's run dir, the rich summary."""
+    """`mlcycle` as a user runs it: console script, `--config-dir`, Hydra's run dir, the summary."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    user = tmp_path / "my_conf" / "model"
+    user.mkdir(parents=True)
+    (user / "tiny.yaml").write_text("defaults:\n  - mlp\n  - _self_\nbackbone:\n  hidden: [16]\n")
     exe = Path(sys.executable).with_name("mlcycle")
     cmd = [
         str(exe) if exe.exists() else sys.executable,
@@ -184,7 +189,9 @@ def test_console_script_end_to_end(tmp_path):
     out = subprocess.run(
         [
             *cmd,
-            "model=mlp",
+            "--config-dir",
+            str(tmp_path / "my_conf"),
+            "model=tiny",
             "trainer.max_epochs=1",
             f"hydra.run.dir={tmp_path / 'run'}",
             "trainer.enable_progress_bar=false",
@@ -193,10 +200,12 @@ def test_console_script_end_to_end(tmp_path):
         text=True,
         timeout=300,
         cwd=tmp_path,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy" in out.stdout and "tensorboard --logdir" in out.stdout
-    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    saved = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    assert "hidden:\n    - 16" in saved
     bad = subprocess.run(
         [*cmd, "model=nope", f"hydra.run.dir={tmp_path / 'bad'}"],
         capture_output=True,
