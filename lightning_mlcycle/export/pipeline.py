@@ -153,9 +153,9 @@ def _export_module(
         made.append(("onnx", "onnxruntime", p, OnnxRuntimeRunner(p, device=device)))
     if "tvm" in formats:
         p = compile_tvm(
-            program, out_dir / f"{stem}_tvm.so", target="cuda" if device == "cuda" else "llvm"
+            program, out_dir / f"{stem}_tvm.so", target="llvm"
         )
-        made.append(("tvm", "tvm", p, TvmRunner(p, device=device)))
+        made.append(("tvm", "tvm", p, TvmRunner(p)))
     return made
 
 
@@ -217,7 +217,8 @@ def export_model(
         repeats: timed calls per cell.
         max_seconds_per_cell: cap on timing one cell (None: no cap).
         max_parity_samples: at most this many samples are compared.
-        device: ``cpu`` or ``cuda`` (eager on the GPU, ONNX Runtime's CUDA provider, TVM ``cuda``).
+        device: ``cpu`` or ``cuda`` (eager on the GPU, ONNX Runtime's CUDA provider); TVM
+            modules are always compiled for the CPU (``llvm``): untuned CUDA needs schedules.
         name: the model's name in the card.
         metrics: test metrics for the card (e.g. ``{"test/acc": 0.97}``).
         training_config: the training configuration for the card.
@@ -394,8 +395,8 @@ def export_model(
             if "tvm" in formats:
                 so = out / f"model_{oname}_tvm.so"
                 try:
-                    compile_tvm(dst, so, target="cuda" if device == "cuda" else "llvm")
-                    tvm_runner = TvmRunner(so, device=device)
+                    compile_tvm(dst, so, target="llvm")
+                    tvm_runner = TvmRunner(so)
                 except MLCycleError as err:  # e.g. a quantized op TVM's ONNX importer lacks
                     log.warning("Export: TVM cannot compile %s: %s", dst.name, err)
                     result.skipped[f"{dst.name} (tvm)"] = str(err)
