@@ -363,8 +363,14 @@ def measure(
     *,
     steps: int,
     warmup_steps: int,
+    max_seconds: float = math.inf,
+    keep_going: Callable[[bool], bool] = lambda ok: ok,
 ) -> Measurement:
     """Run ``warmup_steps + steps`` real training steps on ``loader`` and time them.
+
+    After ``max_seconds`` the warm-up is cut short and one more step is timed (a slow candidate,
+    e.g. an oversubscribed one, must not eat the whole budget); ``keep_going`` lets a distributed
+    caller take that decision on one rank for all.
 
     ``step(batch)`` trains on one batch and returns its number of samples. The first batch's
     extra time over a steady step is the epoch start-up cost; the warm-up steps (at least the
@@ -380,8 +386,10 @@ def measure(
     m = Measurement(settings)
     times: list[float] = []
     first = 0.0
+    deadline = time.perf_counter() + max_seconds
+    batches = _batches(loader, warmup_steps + steps)
     try:
-        for i, (batch, wait) in enumerate(_batches(loader, warmup_steps + steps)):
+        for i, (batch, wait) in enumerate(batches):
             t0 = time.perf_counter()
             n = int(step(batch))
             elapsed = wait + time.perf_counter() - t0
@@ -390,6 +398,12 @@ def measure(
             elif i >= warmup_steps:
                 times.append(elapsed)
                 m.samples += n
+            if i >= warmup_steps + steps - 1:
+                break
+            if not keep_going(time.perf_counter() < deadline):
+                if times:
+                    break
+                warmup_steps = min(warmup_steps, i + 1)  # out of time: time one more step, stop
         m.seconds = float(sum(times))
         typical = statistics.median(times) if times else first
         m.startup_s = max(0.0, first - typical)
@@ -397,6 +411,7 @@ def measure(
         m.error = f"{type(err).__name__}: {err}"[:200]
         log.warning("Throughput candidate %s failed: %s", settings.describe(), m.error)
     finally:
+        batches.close()  # shuts the candidate's workers down now
         torch.set_num_threads(prev_threads)
     return m
 
@@ -417,7 +432,10 @@ def search(
     keep_going: Callable[[bool], bool] = lambda ok: ok,
     reduce_rate: Callable[[float], float] = lambda r: r,
 ) -> ThroughputResult:
-    """Measure ``candidates`` in order within ``max_time`` seconds and choose the fastest.
+    """Measure ``candidates`` in order within about ``max_time`` seconds and choose the fastest.
+
+    Each candidate gets an equal share of ``max_time`` (at least one timed step); no candidate is
+    started after ``max_time``.
 
     ``keep_going(local_ok)`` and ``reduce_rate(rate)`` let a distributed caller make every rank
     take the same decisions (rank zero's clock, the mean rate over ranks); by default they are
@@ -433,7 +451,8 @@ def search(
             result.skipped = len(candidates) - i
             break
         loader = make_loader(cand)
-        m = measure(step, loader, cand, steps=steps, warmup_steps=warmup_steps)
+        m = measure(step, loader, cand, steps=steps, warmup_steps=warmup_steps,
+                    max_seconds=max_time / len(candidates), keep_going=keep_going)
         del loader
         bs = m.samples / max(1, steps) if m.samples else 1.0
         n_batches = batches_per_epoch or float(steps + warmup_steps)
