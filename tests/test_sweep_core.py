@@ -234,3 +234,42 @@ def test_bad_input_fails_before_any_trial(monkeypatch, tmp_path, capsys, args, m
     assert "hunter2" not in err
     sweep = tmp_path / "sweep"
     assert not sweep.exists() or not any(p.is_dir() and p.name.isdigit() for p in sweep.iterdir())
+
+
+# ------------------------------------------------------------------------------ conditional params
+def conditional_space(cfg, trial):
+    """A custom search-space hook: the width is searched only for the MLP."""
+    arch = trial.suggest_categorical("model", ["mlp", "cnn"])
+    if arch == "mlp":
+        trial.suggest_int("model.backbone.hidden.0", 16, 64, step=16)
+    else:
+        trial.suggest_int("model.backbone.width", 8, 32, step=8)
+    return {"trainer.max_epochs": 3}
+
+
+def test_custom_search_space_hook_builds_conditional_overrides(tmp_path):
+    from omegaconf import OmegaConf
+
+    impl = SweeperImpl(sampler=optuna.samplers.RandomSampler(seed=0), pruner=None, monitor=None,
+                       direction="maximize", study_name="s", storage=None, n_trials=6, n_jobs=1,
+                       max_failure_rate=0.0, params=None,
+                       custom_search_space="test_sweep_core.conditional_space")
+    impl.config = OmegaConf.create({})
+    impl.masked_url = f"sqlite:///{tmp_path}/o.db"
+    space, prefixes, fixed = parse_search_space({"model.optimizer.lr": "interval(0.001, 0.01)"},
+                                                ["data.batch_size=32"])
+    study = optuna.create_study(sampler=impl.sampler, direction="maximize")
+    seen = set()
+    for _ in range(6):
+        trial = study.ask()
+        overrides = impl._overrides(trial, space, prefixes, fixed)
+        assert overrides[0] == "data.batch_size=32" and "trainer.max_epochs=3" in overrides
+        arch = trial.params["model"]
+        keys = {o.split("=", 1)[0] for o in overrides}
+        assert ("model.backbone.hidden.0" in keys) == (arch == "mlp")
+        assert ("model.backbone.width" in keys) == (arch == "cnn")
+        handle = SweepTrial.decode(overrides[-2].split("=", 1)[1].strip("'").replace("\\'", "'"))
+        assert handle.number == trial.number and handle.monitor is None  # no pruner: no callback
+        seen.add(arch)
+        study.tell(trial, 0.5)
+    assert seen == {"mlp", "cnn"}
