@@ -304,3 +304,73 @@ def file_size(path: str | os.PathLike[str]) -> int:
     size = p.stat().st_size
     sidecar = p.with_name(p.name + ".data")
     return size + (sidecar.stat().st_size if sidecar.exists() else 0)
+
+
+#: report columns: (key, header)
+REPORT_COLUMNS = (
+    ("accuracy", "accuracy"),
+    ("size_bytes", "size (KB)"),
+    ("smaller_x", "x smaller"),
+    ("latency_b1_ms", "latency b1 (ms)"),
+    ("latency_b64_ms", "latency b64 (ms)"),
+    ("speedup_b64_x", "x faster b64"),
+)
+
+
+def measure_onnx(
+    path: str | os.PathLike[str],
+    batches: Iterable[Any],
+    sample_shape: tuple[int, ...],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    repeats: int = 20,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Accuracy, file size and median latency per batch size of one ONNX classifier."""
+    sess = session(path, threads=threads)
+    row: dict[str, float] = {"accuracy": round(onnx_accuracy(sess, batches), 4), "size_bytes": file_size(path)}
+    for b in batch_sizes:
+        row[f"latency_b{b}_ms"] = round(onnx_latency_ms(sess, sample_shape, b, repeats=repeats), 3)
+    return row
+
+
+def add_ratios(rows: dict[str, dict[str, Any]], baseline: str = "fp32_ort") -> dict[str, dict[str, Any]]:
+    """Add ``smaller_x`` and ``speedup_b64_x`` against the ``baseline`` row (in place).
+
+    Example:
+        >>> rows = {"fp32_ort": {"size_bytes": 400, "latency_b64_ms": 8.0},
+        ...         "int8": {"size_bytes": 100, "latency_b64_ms": 2.0}}
+        >>> add_ratios(rows)["int8"]["smaller_x"], rows["int8"]["speedup_b64_x"]
+        (4.0, 4.0)
+    """
+    base = rows.get(baseline)
+    if not base:
+        return rows
+    for row in rows.values():
+        if row.get("size_bytes") and base.get("size_bytes"):
+            row["smaller_x"] = round(base["size_bytes"] / row["size_bytes"], 2)
+        if row.get("latency_b64_ms") and base.get("latency_b64_ms"):
+            row["speedup_b64_x"] = round(base["latency_b64_ms"] / row["latency_b64_ms"], 2)
+    return rows
+
+
+def quantization_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A markdown table of report rows (missing cells left blank).
+
+    Example:
+        >>> print(quantization_table({"int8": {"accuracy": 0.9, "size_bytes": 2048}}))
+        | model | accuracy | size (KB) |
+        |---|---|---|
+        | int8 | 0.9 | 2 |
+    """
+    cols = [(k, h) for k, h in REPORT_COLUMNS if any(k in r for r in rows.values())]
+    lines = ["| model | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in rows.items():
+        cells = []
+        for key, _ in cols:
+            v = row.get(key, "")
+            if key == "size_bytes" and v != "":
+                v = round(v / 1024, 1)
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
