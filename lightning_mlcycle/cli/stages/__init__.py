@@ -15,6 +15,7 @@ from lightning_mlcycle.cli.stages.diagnosis import diagnosis_stage
 from lightning_mlcycle.cli.stages.distill import distill_check_stage, distill_stage
 from lightning_mlcycle.cli.stages.export import export_stage
 from lightning_mlcycle.cli.stages.monitor import monitor_stage
+from lightning_mlcycle.cli.stages.quantize import quantize_stage
 from lightning_mlcycle.cli.stages.train import build_stage, fit_stage, test_stage
 
 Stage = Callable[[RunContext], None]
@@ -29,6 +30,7 @@ STAGES: list[tuple[str, Stage, str | None]] = [
     ("prune", prune_stage, "compress.prune"),  # magnitude (default) or structured pruning + fine-tune
     ("lowrank", lowrank_stage, "compress.lowrank"),  # truncated-SVD factorization + fine-tune (opt-in)
     ("compact", compact_stage, "compress.compact"),  # depthwise-separable convolutions + fine-tune (opt-in)
+    ("quantize", quantize_stage, "compress.quantize"),  # int8 ONNX (PTQ default; QAT/binarize opt-in)
     ("distill", distill_stage, "compress.distill"),  # after prune/quantize, before export
     ("export", export_stage, "export"),  # after compress/quantize/distill, before monitor
     ("monitor", monitor_stage, "monitor"),  # LAST: profile saved with the exported model + stress test
