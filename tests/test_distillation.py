@@ -372,9 +372,10 @@ def test_cli_distill_stage(compose_cfg) -> None:  # noqa: ANN001
     from lightning_mlcycle.cli.main import run
     from lightning_mlcycle.cli.stages.distill import load_distilled
 
-    cfg = compose_cfg("compress/distill=default", "compress.distill.max_epochs=2", "export.enabled=false",
-                      "trainer.max_epochs=2", "compress.distill.hints={net.2: features.11}",
-                      "compress.distill.latency_repeats=5")
+    # a small MLP teacher and only this stage after test, to keep the run short
+    cfg = compose_cfg("compress/distill=default", "model=mlp", "trainer.max_epochs=2", "compress/prune=none",
+                      "export.enabled=false", "monitor.enabled=false", "compress.distill.max_epochs=3",
+                      "compress.distill.hints={net.2: net.5}", "compress.distill.latency_repeats=5")
     ctx = run(cfg)
     s = ctx.summary
     for key in ("teacher_acc", "student_acc", "teacher_params", "student_params", "teacher_size_bytes",
@@ -401,14 +402,14 @@ def test_cli_distill_stage(compose_cfg) -> None:  # noqa: ANN001
     [
         ("compress.distill.temperature=0", r"Config `compress.distill`: `temperature` must be a positive number"),
         ("compress.distill.alpha=2", r"Config `compress.distill`: `alpha` must be in \[0, 1\]"),
-        ("compress.distill.hints={net.9: features.0}", r"the student has no layer named 'net.9'; valid names are"),
+        ("compress.distill.hints={net.9: net.0}", r"the student has no layer named 'net.9'; valid names are"),
         ("compress.distill.max_epochs=0", r"`compress.distill.max_epochs` must be a positive integer"),
     ],
 )
 def test_cli_bad_distill_config_fails_before_fit(compose_cfg, override: str, match: str) -> None:  # noqa: ANN001
     from lightning_mlcycle.cli.main import run
 
-    cfg = compose_cfg("compress/distill=default", override)
+    cfg = compose_cfg("compress/distill=default", "model=mlp", override)
     with pytest.raises(MLCycleError, match=match):
         run(cfg)
     assert not (Path(cfg.run_dir) / "checkpoints").exists()
@@ -421,3 +422,21 @@ def test_cli_distill_is_off_by_default(compose_cfg) -> None:  # noqa: ANN001
     assert cfg.compress.distill.enabled is False
     names = [name for name, _, _ in STAGES]
     assert names.index("distill_check") < names.index("fit") < names.index("distill") < names.index("export")
+
+
+# -- quantization-aware training of the student -----------------------------------------------------
+@pytest.mark.slow
+def test_student_trained_with_quantization_aware_training(tmp_path: Path) -> None:
+    pytest.importorskip("torchao")
+    from lightning_mlcycle.compression import _pt2e
+    from lightning_mlcycle.compression.qat import QuantizationAwareTraining
+
+    teacher = _mlp(32)
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    module = DistillationModule(teacher, _mlp(), input_shape=(N_FEAT,))
+    qat = QuantizationAwareTraining(module_name="student", example_input=torch.randn(4, N_FEAT))
+    _trainer(tmp_path, epochs=2, callbacks=[qat]).fit(module, _loader())
+    assert _pt2e.is_prepared(module.student) and not _pt2e.is_prepared(module.teacher)
+    assert all(torch.equal(v, t_before[k]) for k, v in teacher.state_dict().items())
+    x, y = _data(8)
+    assert module.student(x).shape == (8, N_CLS)  # the fake-quantized student runs (convert: QAT's tests)
