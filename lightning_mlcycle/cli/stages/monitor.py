@@ -22,7 +22,7 @@ def _deployed_model(ctx: RunContext, use_exported: bool) -> tuple[Any, str]:
         from lightning_mlcycle.export import Predictor
 
         try:
-            return Predictor(card.parent), "onnx"
+            return Predictor(card.parent, threads=1), "onnx"
         except MLCycleError as err:
             log.warning(
                 "Stress test on the torch model: the exported model did not load (%s).", err
@@ -32,6 +32,17 @@ def _deployed_model(ctx: RunContext, use_exported: bool) -> tuple[Any, str]:
 
 def monitor_stage(ctx: RunContext) -> None:
     """Capture the reference profile (validation split), save it, run the stress test (test split)."""
+    # the monitor's tensors are small: one thread is faster, and on a busy machine several
+    # threads (torch's and ONNX Runtime's, spinning) slowed the stage 10x in our runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _monitor_stage(ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _monitor_stage(ctx: RunContext) -> None:
     from lightning_mlcycle.monitoring import DriftMonitor, ReferenceProfile, stress_test
 
     cfg = ctx.cfg.monitor
