@@ -72,6 +72,14 @@ def prunable_parameters(
     valid = [n for n, m in modules.items() if isinstance(getattr(m, param_name, None), nn.Parameter)]
     if layers is None:
         names = [n for n in valid if isinstance(modules[n], layer_types)]
+        if not names:
+            # a traced graph (torch.export, PT2E quantization-aware training) keeps the parameter
+            # names but not the layer modules: take every 2+-dimensional `weight` (Linear/Conv
+            # kernels; norm weights are 1-D)
+            graph = {n: p for n, p in model.named_parameters()
+                     if n.rsplit(".", 1)[-1] == param_name and p.ndim >= 2}
+            if graph:
+                return graph
     else:
         unknown = [n for n in layers if n not in valid]
         if unknown:
@@ -396,8 +404,15 @@ class MagnitudePruning(Callback):
                  self.rounds_done, level, stats["overall"])
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # resolve the layer names now, before other callbacks' setup may trace the model
+        # (e.g. quantization-aware training); fails early on unknown names
+        if stage == "fit":
+            self._params(pl_module)
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = self._params(pl_module)  # fails early on unknown layer names
+        params = self._params(pl_module)
         if self.rewind and not self._rewind_state:
             self._rewind_state = {n: p.detach().cpu().clone() for n, p in params.items()}
         if self.masks:  # resumed: the checkpoint's masks hold again, before any step
