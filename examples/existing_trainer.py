@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from lightning_mlcycle import DigitsDataModule
+from lightning_mlcycle.compression import MagnitudePruning
 from lightning_mlcycle.export import DeploymentExport
 
 
@@ -50,6 +51,8 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="mlcycle_example_")
     callbacks: list[pl.Callback] = []
     # --- lightning_mlcycle callbacks: add them here ---------------------------------------
+    # 80% of the weights pruned along Zhu & Gupta's ramp, kept at zero (also in checkpoints)
+    callbacks.append(MagnitudePruning(0.8, schedule="gradual", every_n_steps=5, fine_tune_epochs=1))
     # at fit end: model.onnx (one file, dynamic batch), parity-checked, timed, with a model card
     callbacks.append(DeploymentExport(f"{root}/export", formats=["onnx"], batch_sizes=[1, 64], repeats=5))
     # --------------------------------------------------------------------------------------
