@@ -598,8 +598,8 @@ def check_overfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit |
     if not bv.high_variance or bv.variance is None:
         return None
     return RuleHit(Symptom.OVERFITTING, Severity.WARNING,
-                   f"the validation loss {bv.val_loss:.3g} is {bv.variance:.2f}x chance above the "
-                   f"training loss {bv.train_loss:.3g}",
+                   f"the validation loss {bv.val_loss:.3g} exceeds the training loss "
+                   f"{bv.train_loss:.3g} by {bv.variance:.0%} of the reference loss",
                    {"train_loss": bv.train_loss, "val_loss": bv.val_loss,
                     "generalization_gap": (bv.val_loss or 0.0) - (bv.train_loss or 0.0),
                     "relative_gap": bv.variance, "generalization_loss": bv.generalization_loss,
@@ -624,7 +624,8 @@ def check_underfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit 
     if not bv.high_bias or bv.trend is None or not bv.plateau or bv.bias is None:
         return None
     return RuleHit(Symptom.UNDERFITTING, Severity.WARNING,
-                   f"the training loss {bv.train_loss:.3g} is {bv.bias:.2f}x chance and flat",
+                   f"the training loss {bv.train_loss:.3g} is {bv.bias:.0%} of the reference "
+                   f"loss and no longer falling",
                    {"train_loss": bv.train_loss, "relative_bias": bv.bias,
                     "trend_per_check": bv.trend, "threshold": th.high_bias_ratio,
                     "plateau_rel": th.plateau_rel},
