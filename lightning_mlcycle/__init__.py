@@ -22,6 +22,7 @@ from lightning_mlcycle.diagnosis import (
 )
 from lightning_mlcycle.export import DeploymentExport, Predictor, export_model
 from lightning_mlcycle.models import ClassificationModule, create_model
+from lightning_mlcycle.monitoring import DriftMonitor, ReferenceProfile, stress_test
 from lightning_mlcycle.tuning.optuna_pruning import OptunaPruning
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "DeploymentExport",
     "DiagnosisReport",
     "DigitsDataModule",
+    "DriftMonitor",
     "EarlyStopping",
     "Finding",
     "FitDiagnosis",
@@ -39,9 +41,11 @@ __all__ = [
     "MLCycleError",
     "OptunaPruning",
     "Predictor",
+    "ReferenceProfile",
     "Symptom",
     "create_model",
     "export_model",
     "find_leakage",
     "stratified_split",
+    "stress_test",
 ]
