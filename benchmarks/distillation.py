@@ -28,7 +28,12 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_mlcycle import ClassificationModule, DigitsDataModule
 from lightning_mlcycle.compression import DistillationModule
-from lightning_mlcycle.compression._distill_eval import count_parameters, evaluate, latency_ms, size_bytes
+from lightning_mlcycle.compression._distill_eval import (
+    count_parameters,
+    evaluate,
+    latency_ms,
+    size_bytes,
+)
 from lightning_mlcycle.models import MLP, SmallCNN
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -132,7 +137,7 @@ def main() -> None:
         summary[arm] = {"acc_mean": mean, "acc_std": sd, "acc": r["acc"], "params": count_parameters(student),
                         "size_bytes": size_bytes(student), "latency_ms": lat_student,
                         "fit_s_median": statistics.median(r["fit_s"])}
-    gain = [d - s for d, s in zip(rows["distilled"]["acc"], rows["scratch"]["acc"])]
+    gain = [d - s for d, s in zip(rows["distilled"]["acc"], rows["scratch"]["acc"], strict=True)]
     summary["gain"] = {"mean": statistics.mean(gain), "std": stat(gain)[1],
                        "wins": sum(g > 0 for g in gain), "seeds": len(gain)}
 

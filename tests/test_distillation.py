@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -70,10 +69,10 @@ def test_loss_equals_hand_computation() -> None:
         e = [math.exp(v / T) for v in row]
         return [v / sum(e) for v in e]
 
-    ce = sum(-math.log(softmax(si)[yi]) for si, yi in zip(s, y)) / 2
+    ce = sum(-math.log(softmax(si)[yi]) for si, yi in zip(s, y, strict=True)) / 2
     kl = sum(
-        sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(softmax(ti, temp), softmax(si, temp)))
-        for si, ti in zip(s, t)
+        sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(softmax(ti, temp), softmax(si, temp), strict=True))
+        for si, ti in zip(s, t, strict=True)
     ) / 2
     expected = alpha * ce + (1 - alpha) * temp**2 * kl
     out = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha=alpha, temperature=temp)
@@ -175,7 +174,7 @@ def test_cached_outputs_equal_fresh_ones() -> None:
     fresh = module.teacher_outputs(x)
     cached = module.teacher_outputs(x.clone())
     assert module.cache.hits == 8
-    for a, b in zip(fresh, cached):
+    for a, b in zip(fresh, cached, strict=True):
         assert torch.equal(a, b)
 
 
@@ -246,7 +245,7 @@ def test_checkpoint_and_resume(tmp_path: Path) -> None:
     loaded = DistillationModule.load_from_checkpoint(last, teacher=teacher, student=_mlp(), input_shape=(N_FEAT,),
                                                      hints={"2": "2"}, cache_teacher=True,
                                                      temperature=LinearSchedule(4.0, 2.0, 4), weights_only=False)
-    for (k, v), (k2, v2) in zip(module.state_dict().items(), loaded.state_dict().items()):
+    for (k, v), (k2, v2) in zip(module.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
     assert not loaded.cache.enabled
     # resume: training continues at epoch 2 with the scheduled temperature of epoch 2
@@ -374,6 +373,7 @@ def test_cli_distill_stage(compose_cfg) -> None:  # noqa: ANN001
 
     # a small MLP teacher and only this stage after test, to keep the run short
     cfg = compose_cfg("compress/distill=default", "model=mlp", "trainer.max_epochs=2", "compress/prune=none",
+                      "compress/quantize=none",
                       "export.enabled=false", "monitor.enabled=false", "compress.distill.max_epochs=3",
                       "compress.distill.hints={net.2: net.5}", "compress.distill.latency_repeats=5")
     ctx = run(cfg)

@@ -140,6 +140,7 @@ class LinearSchedule:
         self.start, self.end, self.epochs = float(start), float(end), epochs
 
     def __call__(self, epoch: int) -> float:
+        """The value at ``epoch`` (0-based)."""
         frac = min(max(epoch, 0), self.epochs) / self.epochs
         return self.start + (self.end - self.start) * frac
 

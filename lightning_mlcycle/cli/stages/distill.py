@@ -25,7 +25,12 @@ from lightning_mlcycle._errors import MLCycleError
 from lightning_mlcycle._utils import rank_zero, tensorboard_writer
 from lightning_mlcycle.cli.context import RunContext
 from lightning_mlcycle.cli.stages.train import _fill_backbone, _instantiate
-from lightning_mlcycle.compression._distill_eval import count_parameters, evaluate, latency_ms, size_bytes
+from lightning_mlcycle.compression._distill_eval import (
+    count_parameters,
+    evaluate,
+    latency_ms,
+    size_bytes,
+)
 from lightning_mlcycle.compression.distillation import DistillationModule
 
 log = logging.getLogger(__name__)
