@@ -128,7 +128,7 @@ def test_failed_and_nan_trials_are_fail_and_sweep_completes(tmp_path):
     assert by_lr[0.003].state.name == "COMPLETE"
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert {f["number"] for f in results["failed"]} == {by_lr[-1.0].number, by_lr[1e30].number}
-    assert "failed trials" in proc.stdout
+    assert "failed trials" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_failure_budget_stops_the_sweep(tmp_path):
                      "hydra.sweeper.max_failure_rate=0.0", "model.optimizer.lr=choice(-1.0,-2.0)",
                      check=False)
     assert proc.returncode != 0
-    assert "more than max_failure_rate=0.0" in proc.stderr
+    assert "more than max_failure_rate=0.0" in proc.stdout + proc.stderr
     study = load(f"sqlite:///{sweep / 'optuna.db'}", "digits_optuna")
     assert sorted(states(study).values()) == ["FAIL", "WAITING", "WAITING"]  # a re-run can go on
 
@@ -188,3 +188,43 @@ def test_multi_objective_writes_pareto_front(tmp_path):
         assert not any(t.values[0] >= acc and t.values[1] <= params and t.values != p["values"]
                        for t in study.trials if t.values)
     assert (sweep / "plots" / "pareto_front.html").exists()
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_with_the_remaining_trials(tmp_path):
+    """SIGKILL a sweep after its first trial: the re-run queues the orphaned RUNNING trial again
+    and finishes exactly n_trials, never re-running the finished one."""
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = ["hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=null", "trainer.max_epochs=1",
+            "model.optimizer.lr=tag(log, interval(1e-3, 1e-2))"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(sweep_cmd(sweep, *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if (sweep / "optuna.db").exists():
+                st = states(load(storage, "digits_optuna"))
+                if "COMPLETE" in st.values() and "RUNNING" in st.values():
+                    break
+        else:
+            pytest.fail("the first trial did not finish in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = load(storage, "digits_optuna")
+    done = {t.number: t.datetime_complete for t in before.trials if t.state.name == "COMPLETE"}
+    assert "RUNNING" in states(before).values()
+
+    proc = run_sweep(sweep, *args)
+    assert "queued again" in proc.stdout + proc.stderr
+    study = load(storage, "digits_optuna")
+    assert sorted(states(study)) == [0, 1, 2]
+    assert set(states(study).values()) == {"COMPLETE"}
+    for number, finished in done.items():
+        assert study.trials[number].datetime_complete == finished  # not run again
