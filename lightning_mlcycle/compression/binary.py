@@ -5,7 +5,10 @@ with their signs (BinaryConnect / BinaryNet, Courbariaux et al. 2015-2016). The 
 ``sign`` is taken as 1 inside ``[-clip, clip]`` and 0 outside (the hard-tanh straight-through
 estimator of BinaryNet, sec. 1.3), so saturated latent values stop moving. With ``scale=True``
 each output channel is multiplied by the mean absolute latent weight (XNOR-Net, Rastegari et al.
-2016, sec. 3.1), which recovers most of the accuracy lost to the +-1 weights.
+2016, sec. 3.1), which recovers most of the accuracy lost to the +-1 weights. Activations are binarized around a
+learnable per-channel threshold, ``sign(x - t)`` (ReActNet's RSign, Liu et al. 2020), initialized
+to the channel means of the first training batch: in a model with ReLUs every input of a binary
+layer is >= 0, and a plain ``sign`` would turn all of them into +1.
 
 :func:`binarize` swaps a trained model's linear / conv layers for binary ones, keeping the first
 and last layers in full precision by default (both papers do: they hold few weights but cost
@@ -67,7 +70,7 @@ def _check(scale: Any, binarize_input: Any, clip: float) -> None:
 
 
 class BinaryLinear(nn.Linear):
-    """A linear layer computing with sign(weight) (times a per-output scale) on sign(input).
+    """A linear layer computing with sign(weight) (times a per-output scale) on sign(input - t).
 
     Args:
         in_features: input width.
@@ -96,6 +99,8 @@ class BinaryLinear(nn.Linear):
         _check(scale, binarize_input, clip)
         super().__init__(in_features, out_features, bias=bias)
         self.scale, self.binarize_input, self.clip = scale, binarize_input, float(clip)
+        self.threshold = nn.Parameter(torch.zeros(in_features))  # RSign threshold per input feature
+        self.register_buffer("threshold_initialized", torch.tensor(False))
 
     def binary_weight(self) -> torch.Tensor:
         """The weight the layer computes with: +-1, times the per-row scale if ``scale``."""
@@ -107,7 +112,7 @@ class BinaryLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Binary matrix product (plus the full-precision bias)."""
         if self.binarize_input:
-            x = sign_ste(x, self.clip)
+            x = _binarize_input(self, x)
         return F.linear(x, self.binary_weight(), self.bias)
 
     def extra_repr(self) -> str:  # noqa: D102
@@ -115,7 +120,7 @@ class BinaryLinear(nn.Linear):
 
 
 class BinaryConv2d(nn.Conv2d):
-    """A 2-D convolution computing with sign(weight) (times a per-filter scale) on sign(input).
+    """A 2-D convolution computing with sign(weight) (times a per-filter scale) on sign(input - t).
 
     Takes :class:`torch.nn.Conv2d`'s arguments plus ``scale``, ``binarize_input`` and ``clip``
     (see :class:`BinaryLinear`). Padding is done with zeros after binarizing the input, as in
@@ -138,6 +143,8 @@ class BinaryConv2d(nn.Conv2d):
         _check(scale, binarize_input, clip)
         super().__init__(*args, **kwargs)
         self.scale, self.binarize_input, self.clip = scale, binarize_input, float(clip)
+        self.threshold = nn.Parameter(torch.zeros(self.in_channels))  # RSign threshold per channel
+        self.register_buffer("threshold_initialized", torch.tensor(False))
 
     def binary_weight(self) -> torch.Tensor:
         """The weight the layer computes with: +-1, times the per-filter scale if ``scale``."""
@@ -149,7 +156,7 @@ class BinaryConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Binary convolution (plus the full-precision bias)."""
         if self.binarize_input:
-            x = sign_ste(x, self.clip)
+            x = _binarize_input(self, x)
         return self._conv_forward(x, self.binary_weight(), self.bias)
 
     def extra_repr(self) -> str:  # noqa: D102
@@ -157,6 +164,17 @@ class BinaryConv2d(nn.Conv2d):
 
 
 _BINARY = (BinaryLinear, BinaryConv2d)
+
+
+def _binarize_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``sign(x - t)`` with the per-channel threshold ``t`` initialized from the first batch."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if layer.training and not bool(layer.threshold_initialized):
+        dims = [d for d in range(x.ndim) if d != 1]
+        with torch.no_grad():
+            layer.threshold.copy_(x.detach().mean(dim=dims))
+            layer.threshold_initialized.fill_(True)
+    return sign_ste(x - layer.threshold.view(shape), layer.clip)
 
 
 def _binary_copy(module: nn.Module, scale: bool, binarize_input: bool, clip: float) -> nn.Module:
@@ -174,7 +192,8 @@ def _binary_copy(module: nn.Module, scale: bool, binarize_input: bool, clip: flo
             f"Cannot binarize a {type(module).__name__}: only nn.Linear and nn.Conv2d layers have binary "
             "versions (BinaryLinear, BinaryConv2d). Leave it out of `layers`."
         )
-    new.load_state_dict(module.state_dict())
+    missing, unexpected = new.load_state_dict(module.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"threshold", "threshold_initialized"}
     return new.to(module.weight.device)
 
 
