@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from lightning_mlcycle import DigitsDataModule
+from lightning_mlcycle import DigitsDataModule, EarlyStopping, FitDiagnosis
 from lightning_mlcycle.compression import MagnitudePruning
 from lightning_mlcycle.export import DeploymentExport
 
@@ -51,6 +51,10 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="mlcycle_example_")
     callbacks: list[pl.Callback] = []
     # --- lightning_mlcycle callbacks: add them here ---------------------------------------
+    # fit state (under/over-fitting), training faults and remedies: TensorBoard + <logs>/diagnosis.md
+    diagnosis = FitDiagnosis(monitor="val/acc", mode="max")
+    # stop when val/loss stalls; the best epoch's weights are put back when training ends
+    callbacks += [diagnosis, EarlyStopping(monitor="val/loss", patience=3)]
     # 80% of the weights pruned along Zhu & Gupta's ramp, kept at zero (also in checkpoints)
     callbacks.append(MagnitudePruning(0.8, schedule="gradual", every_n_steps=5, fine_tune_epochs=1))
     # at fit end: model.onnx (one file, dynamic batch), parity-checked, timed, with a model card
@@ -66,6 +70,8 @@ def main() -> None:
     )
     dm = DigitsDataModule(batch_size=64)
     trainer.fit(UserModel(), datamodule=dm)
+    print(f"fit diagnosis: {diagnosis.report.fit_state.value}, findings: "
+          f"{[f.symptom.value for f in diagnosis.report.findings] or 'none'}")
     print(f"done: val/acc={float(trainer.callback_metrics['val/acc']):.3f}, logs in {root}")
 
 
