@@ -23,10 +23,10 @@ def learning_curve_figure(report: DiagnosisReport) -> Any:
     h = report.history
     steps = [r.get("step", i) for i, r in enumerate(h)]
     for key, label, style in (("train_loss", "train loss", "-o"), ("val_loss", "val loss", "-s")):
-        pts = [(s, r[key]) for s, r in zip(steps, h) if _finite(r.get(key))]
+        pts = [(s, r[key]) for s, r in zip(steps, h, strict=False) if _finite(r.get(key))]
         if pts:
-            ax.plot(*zip(*pts), style, ms=3, label=label)
-    vals = [(s, r["val_loss"]) for s, r in zip(steps, h) if _finite(r.get("val_loss"))]
+            ax.plot(*zip(*pts, strict=False), style, ms=3, label=label)
+    vals = [(s, r["val_loss"]) for s, r in zip(steps, h, strict=False) if _finite(r.get("val_loss"))]
     if vals:
         best = min(vals, key=lambda sv: sv[1])
         ax.axvline(best[0], color="green", ls=":", lw=1)

@@ -60,8 +60,10 @@ class FitState(str, Enum):
 
 
 class Severity(str, Enum):
-    """How urgent a finding is: ``critical`` findings make training useless (``on_finding="stop"``
-    stops on them), ``warning`` ones hurt the result, ``info`` ones are worth a look.
+    """How urgent a finding is.
+
+    ``critical`` findings make training useless (``on_finding="stop"`` stops on them),
+    ``warning`` ones hurt the result, ``info`` ones are worth a look.
 
     Example:
         >>> Severity.CRITICAL.rank < Severity.WARNING.rank < Severity.INFO.rank

@@ -361,9 +361,9 @@ class FitDiagnosis(Callback):
                                     if rows else stacked.new_zeros(0)]).tolist()
                 n = len(names)
                 sample = self._samples[-1]
-                sample["grad_norms"] = dict(zip(names, values[:n]))
+                sample["grad_norms"] = dict(zip(names, values[:n], strict=False))
                 sample["grad_total"] = values[n]
-                sample["zero_rows"] = dict(zip(rows, values[n + 1:]))
+                sample["zero_rows"] = dict(zip(rows, values[n + 1:], strict=False))
                 if not all(math.isfinite(v) for v in values[: n + 1]):
                     self._nonfinite_grads = True
             if self.track_updates:
@@ -391,16 +391,16 @@ class FitDiagnosis(Callback):
         with torch.no_grad():
             if self._weights_before is not None:
                 ratios = {}
-                for (name, _, w), before in zip(self._layers, self._weights_before):
+                for (name, _, w), before in zip(self._layers, self._weights_before, strict=False):
                     denom = torch.linalg.vector_norm(before.float())
                     ratios[name] = torch.linalg.vector_norm((w.detach() - before).float()) / (denom + 1e-12)
                 self._weights_before = None
                 if ratios:
-                    sample["update_ratios"] = dict(zip(ratios, torch.stack(list(ratios.values())).tolist()))
+                    sample["update_ratios"] = dict(zip(ratios, torch.stack(list(ratios.values())).tolist(), strict=False))
             if self._act_stats:
                 keys = list(self._act_stats)
                 vals = torch.stack([torch.stack(v).mean() for v in self._act_stats.values()]).tolist()
-                sample["acts"] = dict(zip(keys, vals))
+                sample["acts"] = dict(zip(keys, vals, strict=False))
                 self._act_stats = {}
         if self._loss_sum is not None:
             current = float(self._loss_sum) / max(1, self._loss_count)
@@ -533,7 +533,7 @@ class FitDiagnosis(Callback):
         keys = sorted(values)
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=trainer.strategy.root_device)
         t = trainer.strategy.reduce(t, reduce_op="mean")
-        return dict(zip(keys, t.tolist()))
+        return dict(zip(keys, t.tolist(), strict=False))
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         v = self._reduce(trainer, self._collect(trainer))
@@ -796,5 +796,5 @@ class FitDiagnosis(Callback):
             self.report = DiagnosisReport.from_dict(state_dict["report"])
             # history values are exact in the lists above; the report's were rounded for JSON
             for rec, t, vl, mo in zip(self.report.history, self._train_loss, self._val_loss,
-                                      self._monitor):
+                                      self._monitor, strict=False):
                 rec.update(train_loss=t, val_loss=vl, monitor=mo)

@@ -198,8 +198,10 @@ def peak_trend(values: Sequence[float | None], window: int) -> float | None:
 
 
 def improving(values: Sequence[float | None], th: DiagnosisThresholds) -> bool:
-    """True when the loss falls by at least ``plateau_rel`` per check and significantly
-    (t-statistic of the slope above ``trend_t``)."""
+    """True when the loss falls by at least ``plateau_rel`` per check, and significantly.
+
+    Significantly: the t-statistic of the slope is above ``trend_t``.
+    """
     stats = trend_stats(values, th.window)
     return stats is not None and stats[0] >= th.plateau_rel and stats[1] >= th.trend_t
 
@@ -219,8 +221,9 @@ def check_diverging_loss(
     th: DiagnosisThresholds,
     initial: float | None = None,
 ) -> RuleHit | None:
-    """Loss NaN/inf (UMLAUT), far above its best, or far worse than guessing and than at the
-    first step (``initial``).
+    """Diverging: loss NaN/inf (UMLAUT), far above its best, or far worse than guessing.
+
+    "Far worse than guessing" also needs the loss to be above its first value (``initial``).
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -265,8 +268,9 @@ def check_exploding_gradients(
     nonfinite: bool,
     th: DiagnosisThresholds,
 ) -> RuleHit | None:
-    """NaN/inf gradients, a total norm far above its early level (Pascanu et al. 2013), or a
-    first/last-layer norm ratio above 70 while the norm grows (AUTOTRAINER).
+    """Exploding: NaN/inf gradients, or a norm far above its early level (Pascanu et al. 2013).
+
+    Also a first/last-layer norm ratio above 70 while the norm grows (AUTOTRAINER).
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -337,8 +341,10 @@ def check_dying_relu(
     *,
     th: DiagnosisThresholds,
 ) -> RuleHit | None:
-    """A ReLU layer with >= 70% units silent on a whole batch (DeepDiagnosis); without hookable
-    ReLU modules, layers with >= 70% units getting all-zero gradients (AUTOTRAINER).
+    """Dying ReLU: a layer with >= 70% units silent on a whole batch (DeepDiagnosis).
+
+    Without hookable ReLU modules: layers with >= 70% units getting all-zero gradients
+    (AUTOTRAINER).
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -389,9 +395,10 @@ def check_saturated_activations(
 def check_oscillating_loss(
     train_loss: Sequence[float], *, reference: float | None, th: DiagnosisThresholds
 ) -> RuleHit | None:
-    """The train loss swings up and down between checks (AUTOTRAINER: swings of 0.03 in 20% of
-    the epochs); a swing is a reversal of direction with both moves >= 3% of the reference loss,
-    and at least two swings are needed.
+    """Oscillating: the train loss swings up and down between checks.
+
+    AUTOTRAINER flags swings of 0.03 in 20% of the epochs; here a swing is a reversal of
+    direction with both moves >= 3% of the reference loss, and at least two swings are needed.
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -404,8 +411,8 @@ def check_oscillating_loss(
     if len(ys) < 4 or not reference:
         return None
     step = th.oscillation_rel * reference
-    d = [b - a for a, b in zip(ys, ys[1:])]
-    swings = sum(1 for a, b in zip(d, d[1:]) if a * b < 0 and abs(a) >= step and abs(b) >= step)
+    d = [b - a for a, b in zip(ys, ys[1:], strict=False)]
+    swings = sum(1 for a, b in zip(d, d[1:], strict=False) if a * b < 0 and abs(a) >= step and abs(b) >= step)
     frac = swings / (len(d) - 1)
     # one reversal can be noise: AUTOTRAINER's share of epochs, and at least two swings
     if frac >= th.oscillation_frac and swings >= 2:
@@ -425,8 +432,9 @@ def check_no_learning(
     initial_loss: float | None,
     th: DiagnosisThresholds,
 ) -> RuleHit | None:
-    """The loss stays at chance level ``ln(num_classes)`` (or, classes unknown, at its first
-    value): the model has learned nothing (UMLAUT, DeepDiagnosis "loss not decreasing").
+    """No learning: the loss stays at chance level ``ln(num_classes)``.
+
+    With the classes unknown, at its first value (UMLAUT, DeepDiagnosis "loss not decreasing").
 
     The best validation loss is used when there is one (training loss when not), so a model that
     memorizes shuffled labels is still caught.
@@ -608,8 +616,10 @@ def check_overfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit |
 
 
 def check_underfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit | None:
-    """High bias on a plateau: the training loss is high and no longer falling significantly, or
-    falling slowly after its curve flattened (Ng's table).
+    """Under-fitting: high bias on a plateau (Ng's table).
+
+    The training loss is high and no longer falls significantly, or falls slowly after its
+    curve flattened.
 
     A high loss that still falls is slowness (:func:`check_slow_convergence`) or too early to
     tell, not under-fitting.
@@ -635,9 +645,10 @@ def check_underfitting(bv: BiasVariance, *, th: DiagnosisThresholds) -> RuleHit 
 def check_slow_convergence(
     bv: BiasVariance, update_ratios: Mapping[str, float], *, th: DiagnosisThresholds
 ) -> RuleHit | None:
-    """High loss still falling steadily, but slowly, and about as fast as it ever did
-    (AUTOTRAINER: best per-epoch gain below 0.01; here below ``slow_rel`` of the loss per check):
-    the optimizer is slow (learning rate too low?), the model is not at its limit.
+    """Slow convergence: a high loss still falling steadily, but slowly, as fast as it ever did.
+
+    AUTOTRAINER: best per-epoch gain below 0.01; here below ``slow_rel`` of the loss per check.
+    The optimizer is slow (learning rate too low?); the model is not at its limit.
 
     Example:
         >>> th = DiagnosisThresholds()
@@ -660,8 +671,10 @@ def check_slow_convergence(
 
 # -- all of them -------------------------------------------------------------------------------
 def fit_state_of(bv: BiasVariance, n_checks: int, *, th: DiagnosisThresholds) -> FitState:
-    """Ng's table: high bias -> under-fitting (unless still falling fast: unknown), else high
-    variance -> over-fitting, else good fit; unknown before ``min_checks`` checks.
+    """The fit state from Ng's table.
+
+    High bias -> under-fitting (unless still falling fast: unknown), else high variance ->
+    over-fitting, else good fit; unknown before ``min_checks`` checks.
 
     Example:
         >>> th = DiagnosisThresholds()

@@ -78,8 +78,10 @@ def _context(cfg: DictConfig) -> dict[str, Any]:
 
 
 def render_for_config(report: DiagnosisReport, cfg: DictConfig) -> DiagnosisReport:
-    """A copy of ``report`` whose remedies carry only overrides valid for ``cfg``, with values
-    derived from it (e.g. ``model.optimizer.lr`` a tenth of the configured one)."""
+    """A copy of ``report`` whose remedies carry only overrides valid for ``cfg``.
+
+    Override values are derived from ``cfg`` (e.g. ``model.optimizer.lr`` a tenth of its value).
+    """
     out = DiagnosisReport.from_dict(report.to_dict())
     context = _context(cfg)
     for f in out.findings:
