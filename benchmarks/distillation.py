@@ -91,7 +91,7 @@ def main() -> None:
     teacher_s = time.perf_counter() - t0
     teacher_acc = evaluate(teacher_backbone, test_loader, dm.num_classes)["acc"]
 
-    train_set = dm._loader("train", shuffle=False).dataset
+    train_set = dm.train_dataloader().dataset
     n_train = len(train_set)
     rows: dict[str, dict[str, list[float]]] = {"scratch": {}, "distilled": {}}
     for seed in range(args.seeds):

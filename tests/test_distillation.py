@@ -244,7 +244,7 @@ def test_checkpoint_and_resume(tmp_path: Path) -> None:
     # reload: same student and adapter weights, cache state kept
     loaded = DistillationModule.load_from_checkpoint(last, teacher=teacher, student=_mlp(), input_shape=(N_FEAT,),
                                                      hints={"2": "2"}, cache_teacher=True,
-                                                     temperature=LinearSchedule(4.0, 2.0, 4), weights_only=False)
+                                                     temperature=LinearSchedule(4.0, 2.0, 4), weights_only=True)
     for (k, v), (k2, v2) in zip(module.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
     assert not loaded.cache.enabled

@@ -131,11 +131,15 @@ class TeacherCache:
 
         The first epoch this cache sees (the first of the run, or the first after a resume) fills
         it and is not judged; in every later epoch a hit rate under ``MIN_HIT_RATE`` means the
-        samples are not the same from one epoch to the next, and the cache is disabled.
+        samples are not the same from one epoch to the next, and the cache is disabled (content
+        keys only; index keys rely on the per-sample fingerprint).
         """
         seen = self._epoch_hits + self._epoch_misses
         rate = self._epoch_hits / seen if seen else None
-        if self.enabled and self._filled and rate is not None and rate < MIN_HIT_RATE:
+        # only content keys: a miss there is a sample never seen with this content. An index miss
+        # may just be a sample this process has not drawn yet (a DistributedSampler reshuffles the
+        # shards every epoch), and changed content under an index is caught by its fingerprint.
+        if self.key == "content" and self.enabled and self._filled and rate is not None and rate < MIN_HIT_RATE:
             self.disable(
                 f"only {rate:.0%} of the samples were cached in epoch {epoch}: the training "
                 f"inputs change between epochs (augmentation?)"

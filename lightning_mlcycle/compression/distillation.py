@@ -234,8 +234,9 @@ class DistillationModule(pl.LightningModule):
     when the data are augmented: declared with ``augmented=True``, found on the datamodule (an
     ``augmentation`` attribute that is not None, as on our DataModules), or detected at run time (in
     index mode, a cached index whose content changed; in either mode, an epoch after the first with
-    fewer than half of the samples in the cache). The cache lives in memory and is rebuilt after a
-    resume.
+    fewer than half of the samples in the cache, content keys only). The cache lives in memory, one
+    per process, and is rebuilt after a resume; under DDP a shuffling ``DistributedSampler`` gives
+    each rank other samples every epoch, so use ``cache_key="index"`` there.
 
     Args:
         teacher: an ``nn.Module`` (a ``ClassificationModule`` gives its backbone), a path to one of
