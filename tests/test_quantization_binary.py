@@ -47,11 +47,12 @@ def _task(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def test_binarized_network_trains() -> None:
+@pytest.mark.parametrize("act", [nn.Hardtanh, nn.ReLU])  # ReLU: inputs >= 0 need the RSign threshold
+def test_binarized_network_trains(act) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Linear(16, 64), nn.BatchNorm1d(64), nn.Hardtanh(),
-        nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Hardtanh(),
+        nn.Linear(16, 64), nn.BatchNorm1d(64), act(),
+        nn.Linear(64, 64), nn.BatchNorm1d(64), act(),
         nn.Linear(64, 4),
     )
     net = binarize(net)
