@@ -8,7 +8,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mlcycle.compression import CompactConvolutions, compact_convolutions, depthwise_separable
+from lightning_mlcycle.compression import (
+    CompactConvolutions,
+    compact_convolutions,
+    depthwise_separable,
+)
 from lightning_mlcycle.models import ClassificationModule
 from lightning_mlcycle.models.zoo import SmallCNN
 

@@ -99,3 +99,18 @@ def test_callback_factorizes_fine_tunes_and_resumes(tmp_path):
     trainer(3, cb2).fit(fresh, loader, ckpt_path=ckpt)  # structure rebuilt before the weights load
     assert cb2.recipe == cb.recipe
     assert isinstance(fresh.backbone.features[3], nn.Sequential)
+
+
+def test_global_allocation_meets_the_budget_with_equal_energy():
+    torch.manual_seed(0)
+    # one layer with a fast-decaying spectrum (nearly rank 2), one with a flat one
+    fast = nn.Linear(64, 64)
+    with torch.no_grad():
+        fast.weight.copy_(torch.randn(64, 2) @ torch.randn(2, 64) + 0.01 * torch.randn(64, 64))
+    net = nn.Sequential(fast, nn.ReLU(), nn.Linear(64, 64))
+    rep = low_rank_factorize(net, compression=0.5, allocation="global")
+    assert rep.params_after <= 0.5 * rep.params_before
+    # the redundant layer gives up its rank; the flat one keeps what the budget allows
+    assert rep.ranks["0"] < 8 < rep.ranks["2"]
+    with pytest.raises(ValueError, match=r"`allocation` to be one of \['layer', 'global'\]"):
+        low_rank_factorize(net, compression=0.5, allocation="model")

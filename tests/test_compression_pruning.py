@@ -73,7 +73,7 @@ def test_sparsity_is_exact(scope, sparsity):
             assert int((~m).sum()) == round(sparsity * m.numel())
     # the pruned weights are the smallest: every kept |w| >= every pruned |w| (global ranking)
     if scope == "global" and 0 < sparsity:
-        kept = torch.cat([p.detach().abs()[m] for p, m in zip((net[0].weight, net[2].weight), masks.values())])
+        kept = torch.cat([p.detach().abs()[m] for p, m in zip((net[0].weight, net[2].weight), masks.values(), strict=True)])
         assert int((kept == 0).sum()) == 0
 
 

@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mlcycle.compression import StructuredPruning, load_pruned, save_pruned, structured_prune
+from lightning_mlcycle.compression import (
+    StructuredPruning,
+    load_pruned,
+    save_pruned,
+    structured_prune,
+)
 from lightning_mlcycle.compression.structured_pruning import count_macs_params
 from lightning_mlcycle.models import ClassificationModule
 from lightning_mlcycle.models.zoo import SmallCNN, mobilenet_v3_small, resnet18

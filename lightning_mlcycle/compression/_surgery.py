@@ -34,7 +34,9 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 class LayerSurgery(Callback):
-    """Base: apply ``transform(model) -> recipe`` at ``start_epoch``; ``rebuild(model, recipe)``
+    """Base of the layer-replacing callbacks.
+
+    Applies ``transform(model) -> recipe`` at ``start_epoch``; ``rebuild(model, recipe)``
     restores the structure on resume.
 
     Args:
@@ -128,9 +130,10 @@ def save_factorized(
     recipe: Recipe,
     builder: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save a low-rank (``kind="lowrank"``) or compact (``kind="compact"``) model as a rebuild
-    recipe: layer name -> rank or depth multiplier, the weights and, optionally, the Hydra config
-    of the original model. :func:`load_factorized` reads it with ``weights_only=True``.
+    """Save a low-rank (``kind="lowrank"``) or compact (``kind="compact"``) model as a recipe.
+
+    The file holds layer name -> rank or depth multiplier, the weights and, optionally, the Hydra
+    config of the original model. :func:`load_factorized` reads it with ``weights_only=True``.
     """
     if kind not in _REBUILDERS:
         raise MLCycleError(f"Expected argument `kind` to be one of {sorted(_REBUILDERS)}, but got {kind!r}.")
@@ -143,8 +146,10 @@ def save_factorized(
 
 
 def load_factorized(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a model saved by :func:`save_factorized` (from ``model``, a fresh instance of the
-    original architecture, or from the saved Hydra config); returns it in eval mode.
+    """Rebuild a model saved by :func:`save_factorized`, in eval mode.
+
+    The structure is rebuilt on ``model`` (a fresh instance of the original architecture) or on
+    a model built from the saved Hydra config.
 
     Example:
         >>> import tempfile, pathlib

@@ -34,8 +34,10 @@ def _separable_candidate(layer: nn.Module) -> bool:
 
 
 def depthwise_separable(layer: nn.Conv2d, depth_multiplier: int = 1) -> nn.Sequential:
-    """Turn a k x k ``Conv2d`` into depthwise (k x k, ``depth_multiplier`` per channel) + pointwise
-    (1 x 1), initialized by a per-input-channel SVD of the original weights.
+    """Turn a k x k ``Conv2d`` into depthwise + pointwise convolutions, SVD-initialized.
+
+    Depthwise: k x k, ``depth_multiplier`` filters per input channel; pointwise: 1 x 1. Both come
+    from a per-input-channel SVD of the original weights.
 
     Example:
         >>> conv = nn.Conv2d(3, 8, 3, padding=1)
@@ -77,8 +79,9 @@ def compact_convolutions(
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
 ) -> Recipe:
-    """Replace k x k convolutions of ``model`` (in place) by depthwise-separable pairs where that
-    saves weights. Returns ``{layer name: depth_multiplier}``, the recipe
+    """Replace k x k convolutions of ``model`` (in place) by depthwise-separable pairs.
+
+    Only where that saves weights. Returns ``{layer name: depth_multiplier}``, the recipe
     :func:`apply_compact` rebuilds.
 
     Example:

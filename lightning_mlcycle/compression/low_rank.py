@@ -172,15 +172,20 @@ def low_rank_factorize(
     compression: float | None = None,
     layers: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
+    allocation: str = "layer",
 ) -> LowRankReport:
     """Replace Linear/Conv2d layers of ``model`` (in place) by truncated-SVD factor pairs.
 
     Args:
         model: any module.
         energy: retained share of each layer's ``sum s_i^2``, in (0, 1].
-        compression: share of each layer's parameters to keep, in (0, 1).
+        compression: share of the parameters to keep, in (0, 1).
         layers: names of the layers to factorize; None takes every Linear/Conv2d (groups=1).
         exclude: names never factorized (e.g. the output layer).
+        allocation: with ``compression``, ``"layer"`` keeps that share of every layer;
+            ``"global"`` keeps that share of all candidate layers together, with ranks chosen so
+            that every layer retains the same share of its energy (layers with fast-decaying
+            spectra give up more rank, those that need it keep it).
 
     Returns:
         A :class:`LowRankReport`; ``ranks`` is the recipe :func:`apply_ranks` rebuilds.
@@ -200,10 +205,16 @@ def low_rank_factorize(
             raise MLCycleError("`compression` must be in (0, 1), but got compression=0.")
     else:
         raise MLCycleError("Give `energy` (share of singular-value energy kept) or `compression`.")
+    if allocation not in ("layer", "global"):
+        raise MLCycleError(f"Expected argument `allocation` to be one of ['layer', 'global'], but got {allocation!r}.")
     report = LowRankReport()
-    for name, layer in _candidates(model, layers, exclude).items():
+    candidates = _candidates(model, layers, exclude)
+    spectra = {n: torch.linalg.svdvals(_matrix(m)) for n, m in candidates.items()}
+    if compression is not None and allocation == "global":
+        energy, compression = _global_energy(candidates, spectra, compression), None
+    for name, layer in candidates.items():
         w = _matrix(layer)
-        s = torch.linalg.svdvals(w)
+        s = spectra[name]
         rank = min(rank_for(s, tuple(w.shape), energy=energy, compression=compression), len(s))
         before = layer.weight.numel()
         after = rank * (w.shape[0] + w.shape[1])
@@ -220,6 +231,32 @@ def low_rank_factorize(
     return report
 
 
+def _global_energy(candidates: dict[str, nn.Module], spectra: dict[str, torch.Tensor], compression: float) -> float:
+    """The largest common retained energy that fits the weight budget.
+
+    The factorized layers hold at most ``compression`` of the candidates' weights (bisection; the
+    parameter count grows with the energy).
+    """
+    total = sum(m.weight.numel() for m in candidates.values())
+
+    def size(e: float) -> int:
+        n = 0
+        for name, layer in candidates.items():
+            rows, cols = _matrix(layer).shape
+            r = rank_for(spectra[name], (rows, cols), energy=e)
+            n += min(r * (rows + cols), rows * cols)
+        return n
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if size(mid) <= compression * total:
+            lo = mid
+        else:
+            hi = mid
+    return max(lo, 1e-6)
+
+
 def apply_ranks(model: nn.Module, ranks: Recipe) -> None:
     """Rebuild the factorized structure of a saved model (weights come from its state_dict)."""
     for name, rank in ranks.items():
@@ -234,6 +271,7 @@ class LowRankFactorization(LayerSurgery):
         compression: share of each layer's parameters kept, in (0, 1) (instead of ``energy``).
         layers: names of the layers to factorize (relative to ``module``); None takes all.
         exclude: names never factorized (e.g. the classifier).
+        allocation: ``"layer"`` or ``"global"`` (see :func:`low_rank_factorize`).
         start_epoch: epoch at whose start the layers are factorized.
         module: attribute of the LightningModule to change (e.g. ``"backbone"``).
 
@@ -252,10 +290,14 @@ class LowRankFactorization(LayerSurgery):
         compression: float | None = None,
         layers: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
+        allocation: str = "layer",
         start_epoch: int = 0,
         module: str | None = None,
     ) -> None:
         super().__init__(start_epoch=start_epoch, module=module)
+        if allocation not in ("layer", "global"):
+            raise MLCycleError(f"Expected argument `allocation` to be one of ['layer', 'global'], but got {allocation!r}.")
+        self.allocation = allocation
         if energy is None and compression is None:
             energy = 0.9
         if energy is not None and compression is not None:
@@ -273,7 +315,8 @@ class LowRankFactorization(LayerSurgery):
     def transform(self, model: nn.Module) -> Recipe:  # type: ignore[override]
         """Factorize ``model`` and return the ranks."""
         self.report = low_rank_factorize(model, energy=self.energy, compression=self.compression,
-                                         layers=self.layers, exclude=self.exclude)
+                                         layers=self.layers, exclude=self.exclude,
+                                         allocation=self.allocation)
         return dict(self.report.ranks)
 
     def rebuild(self, model: nn.Module, recipe: Recipe) -> None:  # type: ignore[override]

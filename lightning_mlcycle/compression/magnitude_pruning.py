@@ -147,7 +147,7 @@ def compute_masks(
     flat = [scores(n, w).cpu() for n, w in weights.items()]
     keep = _keep_largest(torch.cat(flat), sparsity)
     offset = 0
-    for (name, w), s in zip(weights.items(), flat):
+    for (name, w), s in zip(weights.items(), flat, strict=True):
         masks[name] = keep[offset : offset + s.numel()].view_as(w).to(w.device)
         offset += s.numel()
     return masks
@@ -179,8 +179,10 @@ def polynomial_sparsity(progress: float, final: float, initial: float = 0.0, pow
 
 
 def iterative_sparsity(round_index: int, rounds: int, final: float) -> float:
-    """Sparsity after round ``round_index`` (1-based) of ``rounds``, pruning the same share of the
-    surviving weights each round (Han et al. 2015; Frankle & Carbin 2019 prune 20% per round).
+    """Sparsity after round ``round_index`` (1-based) of ``rounds``.
+
+    Each round prunes the same share of the surviving weights (Han et al. 2015; Frankle & Carbin
+    2019 prune 20% per round).
 
     Example:
         >>> round(iterative_sparsity(1, 2, 0.75), 3), iterative_sparsity(2, 2, 0.75)

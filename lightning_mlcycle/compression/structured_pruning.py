@@ -50,8 +50,9 @@ def _importance(name: str) -> Any:
 
 
 def output_layer(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module | None:
-    """The last Linear/Conv whose output width equals the model's: pruning it would change the
-    number of classes, so it is never pruned.
+    """The last Linear/Conv whose output width equals the model's.
+
+    Pruning it would change the number of classes, so it is never pruned.
     """
     with torch.no_grad():
         out = model(example_inputs)
@@ -183,8 +184,10 @@ def prune_round(
     taylor_batches: int = 4,
     max_ratio: float = 0.95,
 ) -> History:
-    """Remove channels once, in place: a share ``ratio`` of each group's channels (of the model
-    as it is now), or as many as needed to reach ``target_macs``. Returns the pruning history.
+    """Remove channels once, in place, and return the pruning history.
+
+    Removes a share ``ratio`` of each group's channels (of the model as it is now), or as many as
+    needed to reach ``target_macs``.
     """
     if (ratio is None) == (target_macs is None):
         raise MLCycleError("Give exactly one of `ratio` and `target_macs`.")
@@ -297,8 +300,9 @@ def save_pruned(
     input_shape: Sequence[int],
     builder: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save a structurally pruned model as a rebuild recipe (history + weights), loadable with
-    ``weights_only=True``.
+    """Save a structurally pruned model as a rebuild recipe, loadable with ``weights_only=True``.
+
+    The recipe is the pruning history, the weights, the input shape and the model's config.
 
     Args:
         model: the pruned model.
@@ -322,8 +326,9 @@ def save_pruned(
 
 
 def load_pruned(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pruned`: build (or take) the unpruned model, replay
-    the pruning history, load the weights strictly. Returns it in eval mode.
+    """Rebuild a model saved by :func:`save_pruned`, in eval mode.
+
+    Builds (or takes) the unpruned model, replays the pruning history, loads the weights strictly.
 
     Args:
         path: the saved file.
