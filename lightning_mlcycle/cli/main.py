@@ -70,6 +70,8 @@ def run(cfg: DictConfig) -> RunContext:
         t0 = time.perf_counter()
         stage(ctx)
         ctx.summary[f"time/{name}_s"] = round(time.perf_counter() - t0, 2)
+        if ctx.extras.get("distributed/rank_done"):
+            break  # a DDP rank other than zero after fit/test: rank zero does the rest
     ctx.summary["time/total_s"] = round(time.perf_counter() - start, 2)
     _write_summary(ctx)
     return ctx
@@ -136,17 +138,35 @@ def _objective(cfg: DictConfig, ctx: RunContext) -> Any:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="mlcycle")
 def _app(cfg: DictConfig) -> Any:
-    from lightning_mlcycle._utils import rank_zero
+    import sys
 
-    ctx = run(cfg)
-    if rank_zero():
-        print_summary(ctx)
+    from lightning_mlcycle._utils import rank_zero
+    from lightning_mlcycle.cli._ddp import ddp_job, is_relaunched_worker
+
+    with ddp_job(sys.argv):
+        try:
+            ctx = run(cfg)
+        except Exception as err:
+            # a pruned trial stops every rank; a DDP worker that exits non-zero would make
+            # Lightning's process observer kill the sweep, so workers leave quietly
+            if is_relaunched_worker() and type(err).__name__ == "TrialPruned":
+                return None
+            raise
+    if not rank_zero():
+        return None  # other DDP ranks: rank zero prints and reports the objective
+    print_summary(ctx)
     return _objective(cfg, ctx)
 
 
 def main() -> None:
     """Console entry point of ``mlcycle``."""
+    import sys
+
+    from lightning_mlcycle.cli._ddp import prepare_argv
+
     logging.getLogger("lightning_mlcycle").setLevel(logging.INFO)
+    # DDP workers re-launched by Lightning run their launching job, in its folder (see _ddp)
+    sys.argv = prepare_argv(sys.argv)
     _app()
 
 

@@ -13,6 +13,7 @@ from lightning_mlcycle.cli.context import RunContext
 from lightning_mlcycle.cli.stages.compress import compact_stage, lowrank_stage, prune_stage
 from lightning_mlcycle.cli.stages.diagnosis import diagnosis_stage
 from lightning_mlcycle.cli.stages.distill import distill_check_stage, distill_stage
+from lightning_mlcycle.cli.stages.distributed import leave_distributed_stage
 from lightning_mlcycle.cli.stages.export import export_stage
 from lightning_mlcycle.cli.stages.monitor import monitor_stage
 from lightning_mlcycle.cli.stages.quantize import quantize_stage
@@ -27,6 +28,7 @@ STAGES: list[tuple[str, Stage, str | None]] = [
     ("fit", fit_stage, None),
     ("test", test_stage, None),
     ("diagnosis", diagnosis_stage, None),  # runs when a FitDiagnosis callback is on the trainer
+    ("leave_ddp", leave_distributed_stage, None),  # DDP: close the group; only rank 0 goes on
     ("prune", prune_stage, "compress.prune"),  # magnitude (default) or structured pruning + fine-tune
     ("lowrank", lowrank_stage, "compress.lowrank"),  # truncated-SVD factorization + fine-tune (opt-in)
     ("compact", compact_stage, "compress.compact"),  # depthwise-separable convolutions + fine-tune (opt-in)
