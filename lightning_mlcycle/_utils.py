@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,29 @@ def rank_zero() -> bool:
     """Return True on the process that writes files and logs (global rank 0)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    return env_rank_zero()
+
+
+def env_rank_zero(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment says this is global rank 0 (True when not distributed).
+
+    ``RANK`` (torchrun), ``SLURM_PROCID`` (srun with several tasks), else ``NODE_RANK`` /
+    ``GROUP_RANK`` and ``LOCAL_RANK`` (Lightning's launcher sets no ``RANK``, and on a second node
+    ``LOCAL_RANK=0`` is not rank zero).
+    """
+    env = os.environ if env is None else env
+
+    def num(key: str) -> int:
+        try:
+            return int(env.get(key) or 0)
+        except ValueError:
+            return 0
+
+    if "RANK" in env:
+        return num("RANK") == 0
+    if num("SLURM_NTASKS") > 1 and "SLURM_PROCID" in env:
+        return num("SLURM_PROCID") == 0
+    return num("LOCAL_RANK") == 0 and num("NODE_RANK") == 0 and num("GROUP_RANK") == 0
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
