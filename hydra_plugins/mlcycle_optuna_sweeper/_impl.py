@@ -411,8 +411,10 @@ class SweeperImpl:
         study_kwargs = {"study_name": self.study_name, "storage": storage, "sampler": self.sampler,
                         "pruner": self.pruner or optuna.pruners.NopPruner()}
         with storage_lock(self.storage_url):
+            created = False
             try:
                 study = optuna.create_study(directions=self.directions, **study_kwargs)
+                created = True
                 log.info("Created study %r in %s", self.study_name, self.masked_url)
             except optuna.exceptions.DuplicatedStudyError:
                 study = optuna.load_study(**study_kwargs)
@@ -427,15 +429,16 @@ class SweeperImpl:
             # and state change goes through it so the study never reads a stale copy
             self.storage = study._storage  # noqa: SLF001 - Study exposes no public storage
             self.study_id = self.storage.get_study_id_from_name(self.study_name)
-            self._top_up(study)
+            self._top_up(study, created)
             self._requeue_orphans(study)
         return study
 
-    def _top_up(self, study: optuna.Study) -> None:
+    def _top_up(self, study: optuna.Study, created: bool) -> None:
         """Enqueue WAITING trials so the study holds ``n_trials`` (creator or larger n_trials)."""
         planned = int(study.user_attrs.get(PLANNED_ATTR, 0))
-        if planned == 0 and study.trials and self._is_server():
-            # another worker created the study and is enqueuing: wait until it is done
+        if planned == 0 and not created and self._is_server():
+            # another worker created the study and is enqueuing: wait until it is done (files
+            # need no wait: creation and enqueuing happen under one file lock)
             deadline = time.monotonic() + 60
             while planned == 0 and time.monotonic() < deadline:
                 time.sleep(0.5)
