@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_mlcycle.diagnosis.finding import Finding, FitState, Symptom, _jsonable
+from lightning_mlcycle.diagnosis.finding import (  # Severity: used by the doctest
+    Finding,
+    FitState,
+    Severity,  # noqa: F401
+    Symptom,
+    _jsonable,
+)
 from lightning_mlcycle.diagnosis.rules import PRIORITY
 
 _STATE_TEXT = {

@@ -155,7 +155,7 @@ def trend_stats(values: Sequence[float | None], window: int) -> tuple[float, flo
     Example:
         >>> rel, t = trend_stats([1.0, 0.9, 0.8, 0.71], window=4)
         >>> round(rel, 3), t > 10
-        (0.117, True)
+        (0.114, True)
         >>> trend_stats([1.0], window=4) is None
         True
     """
@@ -189,7 +189,7 @@ def peak_trend(values: Sequence[float | None], window: int) -> float | None:
 
     Example:
         >>> round(peak_trend([2.0, 1.5, 1.2, 1.1, 1.05, 1.04, 1.03], window=3), 3)
-        0.225
+        0.255
     """
     ys = [float(v) for v in values if _finite(v)]
     rates = [relative_trend(ys[i:i + window], window) for i in range(max(1, len(ys) - window + 1))]
