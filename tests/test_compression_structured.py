@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -141,3 +143,31 @@ def test_callback_prunes_in_rounds_and_resumes(tmp_path):
     assert count_macs_params(again, x)[0] == cb2.macs_after
     with pytest.raises(ValueError, match=r"no sub-module 'body'; valid: \["):
         StructuredPruning(ratio=0.5, module="body").target(fresh)
+
+
+@pytest.mark.parametrize(("option", "cls"), [("magnitude", "MagnitudePruning"), ("structured", "StructuredPruning")])
+def test_prune_configs_build_their_callbacks(compose_cfg, option, cls):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(f"compress/prune={option}")
+    cb = instantiate(cfg.compress.prune.callback)
+    assert type(cb).__name__ == cls
+    assert cfg.compress.prune.enabled and cfg.compress.prune.fine_tune_epochs >= 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["compress.prune.callback.sparsity=1.5"], r"Config `compress.prune.callback`: `sparsity` must be in \[0, 1\)"),
+        (["compress.prune.fine_tune_epochs=0"], r"`compress.prune.fine_tune_epochs` must be an integer >= 1"),
+        (["compress/lowrank=default", "compress.lowrank.callback.module=body"],
+         r"`compress.lowrank.callback.module` must be 'backbone'"),
+    ],
+)
+def test_bad_compress_config_fails_before_training(compose_cfg, overrides, match):
+    from lightning_mlcycle.cli.main import run
+
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ValueError, match=match):
+        run(cfg)
+    assert not (Path(cfg.run_dir) / "checkpoints").exists()  # nothing was trained

@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lightning_mlcycle.cli.context import RunContext
-from lightning_mlcycle.cli.stages.compress import compact_stage, lowrank_stage, prune_stage
+from lightning_mlcycle.cli.stages.compress import (
+    compact_stage,
+    compress_check_stage,
+    lowrank_stage,
+    prune_stage,
+)
 from lightning_mlcycle.cli.stages.diagnosis import diagnosis_stage
 from lightning_mlcycle.cli.stages.distill import distill_check_stage, distill_stage
 from lightning_mlcycle.cli.stages.distributed import leave_distributed_stage
@@ -24,6 +29,7 @@ Stage = Callable[[RunContext], None]
 #: (name, function, config node that can disable it or None when always on)
 STAGES: list[tuple[str, Stage, str | None]] = [
     ("build", build_stage, None),
+    ("compress_check", compress_check_stage, None),  # bad compress.* config fails before fit
     ("distill_check", distill_check_stage, "compress.distill"),  # bad distill config fails before fit
     ("fit", fit_stage, None),
     ("test", test_stage, None),

@@ -118,6 +118,31 @@ def _check_callback(cb: Any, node: str, expected: tuple[type, ...]) -> None:
         raise MLCycleError(f"`{node}.callback` must build one of {names}, but got {type(cb).__name__}.")
 
 
+_NODES = {
+    "compress.prune": (MagnitudePruning, StructuredPruning),
+    "compress.lowrank": (LowRankFactorization,),
+    "compress.compact": (CompactConvolutions,),
+}
+
+
+def compress_check_stage(ctx: RunContext) -> None:
+    """Build the enabled compress callbacks right after ``build``: a bad config fails before fit."""
+    for node, expected in _NODES.items():
+        section = OmegaConf.select(ctx.cfg, node)
+        if section is None or not section.get("enabled", True):
+            continue
+        cb = _instantiate(OmegaConf.select(ctx.cfg, f"{node}.callback"), f"{node}.callback")
+        _check_callback(cb, node, expected)
+        epochs = section.get("fine_tune_epochs", 1)
+        if not isinstance(epochs, int) or epochs < 1:
+            raise MLCycleError(f"`{node}.fine_tune_epochs` must be an integer >= 1 (the transform runs in "
+                               f"the first epoch), but got {epochs!r}.")
+        if node != "compress.prune" or isinstance(cb, StructuredPruning):
+            if getattr(cb, "module", None) != "backbone":
+                raise MLCycleError(f"`{node}.callback.module` must be 'backbone' in mlcycle, "
+                                   f"but got {getattr(cb, 'module', None)!r}.")
+
+
 def prune_stage(ctx: RunContext) -> None:
     """Prune the tested model (magnitude or structured) with a short fine-tune; measure and save."""
     if not rank_zero():
