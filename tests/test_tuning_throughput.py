@@ -220,7 +220,7 @@ def test_training_is_unchanged_by_the_measurement(tmp_path):
     # the same run without the tuner, started directly with the settings it chose
     dm_plain = _data(num_workers=best.num_workers, persistent_workers=best.persistent_workers)
     plain = _fit(tmp_path, dm_plain, threads=best.num_threads)
-    for (k, a), b in zip(tuned.state_dict().items(), plain.state_dict().values()):
+    for (k, a), b in zip(tuned.state_dict().items(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

@@ -69,9 +69,13 @@ class LoaderSettings:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"Expected argument `{name}` to be an int, but got {value!r}.")
         if self.num_workers < 0:
-            raise ValueError(f"`num_workers` cannot be negative, but got num_workers={self.num_workers}.")
+            raise ValueError(
+                f"`num_workers` cannot be negative, but got num_workers={self.num_workers}."
+            )
         if self.num_threads < 1:
-            raise ValueError(f"`num_threads` must be positive, but got num_threads={self.num_threads}.")
+            raise ValueError(
+                f"`num_threads` must be positive, but got num_threads={self.num_threads}."
+            )
         for name in ("persistent_workers", "pin_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(
@@ -80,9 +84,13 @@ class LoaderSettings:
         if self.prefetch_factor is not None:
             pf = self.prefetch_factor
             if not isinstance(pf, int) or isinstance(pf, bool) or pf < 1:
-                raise ValueError(f"`prefetch_factor` must be a positive int or None, but got {pf!r}.")
+                raise ValueError(
+                    f"`prefetch_factor` must be a positive int or None, but got {pf!r}."
+                )
         if self.num_workers == 0 and self.persistent_workers:
-            raise ValueError("`persistent_workers=True` needs `num_workers > 0`, but got num_workers=0.")
+            raise ValueError(
+                "`persistent_workers=True` needs `num_workers > 0`, but got num_workers=0."
+            )
         if self.num_workers == 0 and self.prefetch_factor is not None:
             raise ValueError(
                 f"`prefetch_factor` needs `num_workers > 0`, but got num_workers=0 and "
@@ -128,7 +136,9 @@ def settings_of(loader: Any, num_threads: int | None = None) -> LoaderSettings:
 def _as_tuple(name: str, values: Any, kind: type | tuple[type, ...]) -> tuple[Any, ...]:
     if values is None:
         return ()
-    items = tuple(values) if isinstance(values, Sequence) and not isinstance(values, str) else (values,)
+    items = (
+        tuple(values) if isinstance(values, Sequence) and not isinstance(values, str) else (values,)
+    )
     for v in items:
         if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
             raise TypeError(f"Expected every entry of `{name}` to be {kind}, but got {v!r}.")
@@ -170,12 +180,15 @@ def candidate_grid(
     out: list[LoaderSettings] = [base]
     for w, t, pf, pin in itertools.product(workers, threads, prefetch, pins):
         # validates (negative workers, zero threads, bad prefetch) with the dataclass's messages
-        cand = LoaderSettings(num_workers=w, num_threads=t, pin_memory=pin,
-                              prefetch_factor=pf if w > 0 else None)
+        cand = LoaderSettings(
+            num_workers=w, num_threads=t, pin_memory=pin, prefetch_factor=pf if w > 0 else None
+        )
         if cand not in out:
             out.append(cand)
     if not isinstance(persistent_workers, bool):
-        raise TypeError(f"Expected argument `persistent_workers` to be a bool, but got {persistent_workers!r}.")
+        raise TypeError(
+            f"Expected argument `persistent_workers` to be a bool, but got {persistent_workers!r}."
+        )
     return out
 
 
@@ -203,8 +216,9 @@ class Measurement:
         return self.samples / self.seconds if self.seconds > 0 and not self.error else 0.0
 
 
-def epoch_rate(m: Measurement, *, batches_per_epoch: float, batch_size: float, epochs: int,
-               persistent: bool) -> float:
+def epoch_rate(
+    m: Measurement, *, batches_per_epoch: float, batch_size: float, epochs: int, persistent: bool
+) -> float:
     """Estimated samples/s over a whole training run of ``epochs`` epochs.
 
     One epoch costs ``batches_per_epoch`` steady steps plus the start-up cost (creating the
@@ -266,12 +280,18 @@ class ThroughputResult:
                 lines.append(f"| {s.describe()}{mark} | failed | | | {err} |")
                 continue
             rel = rate / self.start_rate if self.start_rate > 0 else float("nan")
-            lines.append(f"| {s.describe()}{mark} | {rate:.0f} | {steady:.0f} | {startup:.3f} | {rel:.2f}x |")
+            lines.append(
+                f"| {s.describe()}{mark} | {rate:.0f} | {steady:.0f} | {startup:.3f} | {rel:.2f}x |"
+            )
         lines.append("")
         lines.append(
             f"Chosen: {self.best.describe()} ({self.speedup:.2f}x the starting "
             f"{self.start.describe()}); search took {self.elapsed_s:.1f} s"
-            + (f", {self.skipped} candidate(s) skipped by the time budget." if self.skipped else ".")
+            + (
+                f", {self.skipped} candidate(s) skipped by the time budget."
+                if self.skipped
+                else "."
+            )
         )
         return "\n".join(lines)
 
@@ -294,7 +314,13 @@ class ThroughputResult:
     def from_dict(cls, d: dict[str, Any]) -> ThroughputResult:
         """Inverse of :meth:`to_dict`."""
         rows = [
-            (LoaderSettings(**r["settings"]), r["rate"], r["steady"], r["startup_s"], r.get("error"))
+            (
+                LoaderSettings(**r["settings"]),
+                r["rate"],
+                r["steady"],
+                r["startup_s"],
+                r.get("error"),
+            )
             for r in d.get("rows", [])
         ]
         return cls(
@@ -308,8 +334,9 @@ class ThroughputResult:
         )
 
 
-def choose(rows: Sequence[tuple[LoaderSettings, float]], start: LoaderSettings,
-           *, min_speedup: float) -> tuple[LoaderSettings, float, float]:
+def choose(
+    rows: Sequence[tuple[LoaderSettings, float]], start: LoaderSettings, *, min_speedup: float
+) -> tuple[LoaderSettings, float, float]:
     """Pick the fastest row; keep ``start`` unless the winner beats it by ``min_speedup``.
 
     Timings on a shared machine are noisy, so a switch needs a margin (the same reasoning as
@@ -451,8 +478,15 @@ def search(
             result.skipped = len(candidates) - i
             break
         loader = make_loader(cand)
-        m = measure(step, loader, cand, steps=steps, warmup_steps=warmup_steps,
-                    max_seconds=max_time / len(candidates), keep_going=keep_going)
+        m = measure(
+            step,
+            loader,
+            cand,
+            steps=steps,
+            warmup_steps=warmup_steps,
+            max_seconds=max_time / len(candidates),
+            keep_going=keep_going,
+        )
         del loader
         bs = m.samples / max(1, steps) if m.samples else 1.0
         n_batches = batches_per_epoch or float(steps + warmup_steps)
@@ -460,8 +494,13 @@ def search(
         if cand.num_workers > 0 and allow_persistent:
             variants.append(replace(cand, persistent_workers=True))
         for v in variants:
-            est = epoch_rate(m, batches_per_epoch=n_batches, batch_size=bs, epochs=epochs,
-                             persistent=v.persistent_workers)
+            est = epoch_rate(
+                m,
+                batches_per_epoch=n_batches,
+                batch_size=bs,
+                epochs=epochs,
+                persistent=v.persistent_workers,
+            )
             est = reduce_rate(est)
             steady = reduce_rate(m.steady_rate)
             result.rows.append((v, est, steady, m.startup_s, m.error))
@@ -471,7 +510,9 @@ def search(
     start_transient = replace(start, persistent_workers=False)
     if start.persistent_workers and not any(s == start for s, _ in scored):
         scored += [(start, r) for s, r in scored if s == start_transient]
-    result.best, result.best_rate, result.start_rate = choose(scored, start, min_speedup=min_speedup)
+    result.best, result.best_rate, result.start_rate = choose(
+        scored, start, min_speedup=min_speedup
+    )
     result.elapsed_s = time.perf_counter() - t_start
     return result
 
@@ -494,12 +535,17 @@ def preserved_training_state(
     """
     model_state = {k: v.detach().clone() for k, v in module.state_dict(keep_vars=False).items()}
     opt_states = [copy.deepcopy(o.state_dict()) for o in optimizers]
-    grads = {n: (None if p.grad is None else p.grad.detach().clone()) for n, p in module.named_parameters()}
+    grads = {
+        n: (None if p.grad is None else p.grad.detach().clone())
+        for n, p in module.named_parameters()
+    }
     rng = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "cuda": torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None,
     }
     gen_states = [(g, g.get_state()) for g in generators]
     training = module.training
@@ -507,7 +553,7 @@ def preserved_training_state(
         yield
     finally:
         module.load_state_dict(model_state)
-        for o, s in zip(optimizers, opt_states):
+        for o, s in zip(optimizers, opt_states, strict=True):
             o.load_state_dict(s)
         for n, p in module.named_parameters():
             p.grad = grads.get(n)
@@ -530,8 +576,15 @@ def preserved_training_state(
 
 
 # -- loaders ----------------------------------------------------------------------------------
-_DATALOADER_ARGS = ("collate_fn", "worker_init_fn", "generator", "timeout", "multiprocessing_context",
-                    "pin_memory_device", "in_order")
+_DATALOADER_ARGS = (
+    "collate_fn",
+    "worker_init_fn",
+    "generator",
+    "timeout",
+    "multiprocessing_context",
+    "pin_memory_device",
+    "in_order",
+)
 
 
 def rebuild_dataloader(loader: DataLoader, settings: LoaderSettings) -> DataLoader:

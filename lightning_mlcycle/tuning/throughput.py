@@ -44,13 +44,20 @@ log = logging.getLogger(__name__)
 _ATTRS = ("num_workers", "persistent_workers", "pin_memory", "prefetch_factor")
 
 
-def _check_search_args(steps: int, warmup_steps: int, max_time: float, min_speedup: float,
-                       epochs: int) -> None:
-    for name, value, low in (("steps", steps, 1), ("warmup_steps", warmup_steps, 1), ("epochs", epochs, 1)):
+def _check_search_args(
+    steps: int, warmup_steps: int, max_time: float, min_speedup: float, epochs: int
+) -> None:
+    for name, value, low in (
+        ("steps", steps, 1),
+        ("warmup_steps", warmup_steps, 1),
+        ("epochs", epochs, 1),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"`{name}` must be an integer >= {low}, but got {name}={value!r}.")
     if not isinstance(max_time, (int, float)) or not max_time > 0:
-        raise ValueError(f"`max_time` must be a positive number of seconds, but got max_time={max_time!r}.")
+        raise ValueError(
+            f"`max_time` must be a positive number of seconds, but got max_time={max_time!r}."
+        )
     if not isinstance(min_speedup, (int, float)) or not min_speedup >= 1.0:
         raise ValueError(f"`min_speedup` must be >= 1.0, but got min_speedup={min_speedup!r}.")
 
@@ -117,28 +124,45 @@ def tune_throughput(
     """
     _check_search_args(steps, warmup_steps, max_time, min_speedup, epochs)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise TypeError(
+            f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}."
+        )
     if isinstance(loader, DataLoader):
         base_loader = loader
-        make_loader: Callable[[LoaderSettings], Iterable[Any]] = lambda s: rebuild_dataloader(base_loader, s)  # noqa: E731
+
+        def make_loader(s: LoaderSettings) -> Iterable[Any]:
+            return rebuild_dataloader(base_loader, s)
+
         start = start or settings_of(loader)
         batches = loader_length(loader)
-        generators = [g for g in (loader.generator, getattr(loader.sampler, "generator", None)) if g is not None]
+        generators = [
+            g
+            for g in (loader.generator, getattr(loader.sampler, "generator", None))
+            if g is not None
+        ]
     elif callable(loader):
-        make_loader, batches, generators = loader, None, []
+        make_loader, batches, generators = loader, None, []  # type: ignore[assignment]
         start = start or LoaderSettings(num_threads=torch.get_num_threads())
     else:
         raise TypeError(
             f"Expected argument `loader` to be a DataLoader or a function of LoaderSettings, "
             f"but got {type(loader).__name__}."
         )
-    dev = torch.device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    dev = (
+        torch.device(device)
+        if device is not None
+        else next((p.device for p in model.parameters()), torch.device("cpu"))
+    )
     if pin_memory is None:
         pin_memory = (False, True) if dev.type == "cuda" else (start.pin_memory,)
-    candidates = candidate_grid(start, num_workers=num_workers, num_threads=num_threads,
-                                prefetch_factor=prefetch_factor, pin_memory=pin_memory,
-                                persistent_workers=persistent_workers)
+    candidates = candidate_grid(
+        start,
+        num_workers=num_workers,
+        num_threads=num_threads,
+        prefetch_factor=prefetch_factor,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
+    )
 
     def default_step(batch: Any) -> int:
         x, y = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True)
@@ -151,10 +175,19 @@ def tune_throughput(
 
     with preserved_training_state(model, [optimizer], generators):
         model.train()
-        return search(step or default_step, make_loader, candidates, start=start, steps=steps,
-                      warmup_steps=warmup_steps, max_time=max_time, epochs=epochs,
-                      min_speedup=min_speedup, allow_persistent=persistent_workers,
-                      batches_per_epoch=batches)
+        return search(
+            step or default_step,
+            make_loader,
+            candidates,
+            start=start,
+            steps=steps,
+            warmup_steps=warmup_steps,
+            max_time=max_time,
+            epochs=epochs,
+            min_speedup=min_speedup,
+            allow_persistent=persistent_workers,
+            batches_per_epoch=batches,
+        )
 
 
 class _Source:
@@ -208,8 +241,12 @@ class _Source:
         return self.loader
 
     def _set(self, s: LoaderSettings) -> None:
-        values = {"num_workers": s.num_workers, "persistent_workers": s.persistent_workers,
-                  "pin_memory": s.pin_memory, "prefetch_factor": s.prefetch_factor}
+        values = {
+            "num_workers": s.num_workers,
+            "persistent_workers": s.persistent_workers,
+            "pin_memory": s.pin_memory,
+            "prefetch_factor": s.prefetch_factor,
+        }
         for a in self.attrs:
             setattr(self.holder, a, values[a])
 
@@ -225,7 +262,10 @@ class _Source:
 
     def generators(self) -> list[torch.Generator]:
         loader = self.loader
-        gens = [getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)]
+        gens = [
+            getattr(loader, "generator", None),
+            getattr(getattr(loader, "sampler", None), "generator", None),
+        ]
         return [g for g in gens if isinstance(g, torch.Generator)]
 
 
@@ -310,9 +350,14 @@ class ThroughputTuner(Callback):
     ) -> None:
         _check_search_args(steps, warmup_steps, max_time, min_speedup, 1)
         # validate the candidates now (negative workers, zero threads...), not at fit start
-        candidate_grid(LoaderSettings(), num_workers=num_workers, num_threads=num_threads,
-                       prefetch_factor=prefetch_factor, pin_memory=pin_memory,
-                       persistent_workers=persistent_workers)
+        candidate_grid(
+            LoaderSettings(),
+            num_workers=num_workers,
+            num_threads=num_threads,
+            prefetch_factor=prefetch_factor,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+        )
         self.num_workers = None if num_workers is None else list(num_workers)
         self.num_threads = None if num_threads is None else list(num_threads)
         self.prefetch_factor = None if prefetch_factor is None else list(prefetch_factor)
@@ -362,17 +407,27 @@ class ThroughputTuner(Callback):
             t = torch.tensor(float(rate), device=strategy.root_device)
             return float(strategy.reduce(t, reduce_op="mean"))
 
-        with _quiet(trainer, pl_module), preserved_training_state(
-            pl_module, trainer.optimizers, source.generators()
+        with (
+            _quiet(trainer, pl_module),
+            preserved_training_state(pl_module, trainer.optimizers, source.generators()),
         ):
             pl_module.train()
             try:
                 result = search(
-                    _trainer_step(trainer, pl_module), source.make, candidates, start=start,
-                    steps=self.steps, warmup_steps=self.warmup_steps, max_time=self.max_time,
-                    epochs=epochs, min_speedup=self.min_speedup,
-                    allow_persistent=self.persistent_workers and "persistent_workers" in source.tunable(),
-                    batches_per_epoch=batches, keep_going=keep_going, reduce_rate=reduce_rate,
+                    _trainer_step(trainer, pl_module),
+                    source.make,
+                    candidates,
+                    start=start,
+                    steps=self.steps,
+                    warmup_steps=self.warmup_steps,
+                    max_time=self.max_time,
+                    epochs=epochs,
+                    min_speedup=self.min_speedup,
+                    allow_persistent=self.persistent_workers
+                    and "persistent_workers" in source.tunable(),
+                    batches_per_epoch=batches,
+                    keep_going=keep_going,
+                    reduce_rate=reduce_rate,
                 )
             finally:
                 source.restore()
@@ -380,12 +435,16 @@ class ThroughputTuner(Callback):
         torch.set_num_threads(result.best.num_threads)
         return result
 
-    def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: LoaderSettings) -> None:
+    def _apply(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: LoaderSettings
+    ) -> None:
         source = _Source(trainer, pl_module)
         source.apply(best)
         torch.set_num_threads(best.num_threads)
 
-    def _candidates(self, trainer: pl.Trainer, source: _Source, start: LoaderSettings) -> list[LoaderSettings]:
+    def _candidates(
+        self, trainer: pl.Trainer, source: _Source, start: LoaderSettings
+    ) -> list[LoaderSettings]:
         tunable = source.tunable()
         on_gpu = trainer.strategy.root_device.type == "cuda"
         pins = self.pin_memory
@@ -407,9 +466,14 @@ class ThroughputTuner(Callback):
                 "attributes, so only the thread count is tuned. Give your data module "
                 "`num_workers`/`persistent_workers`/`pin_memory` attributes used by its loaders."
             )
-        return candidate_grid(start, num_workers=workers, num_threads=self.num_threads,
-                              prefetch_factor=prefetch, pin_memory=pins,
-                              persistent_workers=self.persistent_workers)
+        return candidate_grid(
+            start,
+            num_workers=workers,
+            num_threads=self.num_threads,
+            prefetch_factor=prefetch,
+            pin_memory=pins,
+            persistent_workers=self.persistent_workers,
+        )
 
     @staticmethod
     def _limit(trainer: pl.Trainer, n: int) -> float:
@@ -480,4 +544,10 @@ def _trainer_step(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Callabl
     return step
 
 
-__all__ = ["LoaderSettings", "ThroughputResult", "ThroughputTuner", "rebuild_dataloader", "tune_throughput"]
+__all__ = [
+    "LoaderSettings",
+    "ThroughputResult",
+    "ThroughputTuner",
+    "rebuild_dataloader",
+    "tune_throughput",
+]
