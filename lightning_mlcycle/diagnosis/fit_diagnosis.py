@@ -428,8 +428,17 @@ class FitDiagnosis(Callback):
 
     # -- leakage -------------------------------------------------------------------------------
     def _fingerprint(self, x: torch.Tensor) -> torch.Tensor:
-        """One int64 per sample: identical samples give identical values (a random projection)."""
-        flat = x.detach().reshape(x.shape[0], -1).double()
+        """One int64 per sample: identical samples give identical values.
+
+        A random projection (in float64, so rounding cannot split identical rows) of at most
+        1,024 fixed positions of the flattened sample, which keeps the cost negligible for large
+        images.
+        """
+        flat = x.detach().reshape(x.shape[0], -1)
+        d = flat.shape[1]
+        if d > 1024:
+            flat = flat[:, torch.linspace(0, d - 1, 1024, device=flat.device).long()]
+        flat = flat.double()
         d = flat.shape[1]
         if self._projection is None or self._projection.shape[0] != d or (
             self._projection.device != flat.device
