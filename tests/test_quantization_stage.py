@@ -45,6 +45,13 @@ def test_qat_and_binarize_methods(compose_cfg) -> None:
     assert {"fp32_ort", "int8_ptq", "int8_qat"} <= set(rows)
     assert (ctx.run_dir / "export" / "model_int8_qat.onnx").is_file()
     assert rows["int8_qat"]["accuracy"] > 0.5
+    cfg = compose_cfg(*_ALONE, "compress/quantize=binarize", "compress.quantize.fine_tune_epochs=1")
+    ctx = run(cfg)
+    rows = json.loads((ctx.run_dir / "compressed" / "quantization_report.json").read_text())["rows"]
+    assert set(rows) == {"fp32_ort", "binarized"}
+    assert (ctx.run_dir / "compressed" / "binarized.pt").is_file()
+    assert rows["binarized"]["smaller_x"] > 2  # bit-packed inner layers; first/last layers stay fp32
+    assert "binarized" in ctx.extras["models"]
 
 
 def test_bad_method_names_the_key(compose_cfg) -> None:
