@@ -151,7 +151,7 @@ class ModelInterface:
                 "normalization": self.normalization,
                 "formula": "x = (raw - mean) / std, per channel (images) or per feature"
                 if self.normalization
-                else "none: the model takes raw inputs",
+                else "none recorded: feed inputs exactly as the training data loader produced them",
                 "uint8_images": (
                     f"8-bit pixels p are mapped to raw = {self.raw_range[0]:g} + p / 255 * "
                     f"{self.raw_range[1] - self.raw_range[0]:g} before normalization"
