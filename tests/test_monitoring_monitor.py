@@ -166,7 +166,9 @@ def test_monitor_detects_alerts_logs_and_suggests_retraining(tmp_path, model, pr
     )
     x, y = blobs(150, 50)
     ok = monitor.check(x, y)
-    assert not ok.drifted and ok.accuracy is not None and ok.status == "ok"
+    assert not ok.drifted and ok.status == "ok"
+    assert ok.accuracy == pytest.approx(float((model(x).argmax(1) == y).float().mean()))
+    assert 0.5 < ok.macro_f1 <= 1.0
     shifted = [monitor.check(blobs(150, 60 + i, shift=1.5)[0]) for i in range(2)]
     assert all(r.drifted for r in shifted)
     assert [r.index for r in alerts] == [1, 2]

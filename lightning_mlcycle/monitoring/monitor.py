@@ -25,7 +25,7 @@ from lightning_mlcycle.monitoring.detectors import (
     _check_alpha,
     _check_count,
 )
-from lightning_mlcycle.monitoring.performance import accuracy, estimate_accuracy
+from lightning_mlcycle.monitoring.performance import accuracy, estimate_accuracy, macro_f1
 from lightning_mlcycle.monitoring.profile import ReferenceProfile
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class WindowReport:
         estimated_accuracy: label-free estimate (temperature-scaled mean confidence).
         reference_accuracy: the same estimate on the reference, for comparison.
         accuracy: real accuracy when labels came with the window.
+        macro_f1: real macro F1 when labels came with the window.
         retrain_suggested: drift persisted for ``patience`` windows in a row.
         message: a one-line human summary.
         error: why a bad window was rejected.
@@ -60,6 +61,7 @@ class WindowReport:
     estimated_accuracy: float | None = None
     reference_accuracy: float | None = None
     accuracy: float | None = None
+    macro_f1: float | None = None
     retrain_suggested: bool = False
     message: str = ""
     error: str | None = None
@@ -83,6 +85,7 @@ class WindowReport:
                 "estimated_accuracy": self.estimated_accuracy,
                 "reference_accuracy": self.reference_accuracy,
                 "accuracy": self.accuracy,
+                "macro_f1": self.macro_f1,
                 "retrain_suggested": self.retrain_suggested,
                 "message": self.message,
                 "seconds": round(self.seconds, 4),
@@ -303,6 +306,7 @@ class DriftMonitor:
             estimated_accuracy=estimate_accuracy(probs, self.profile.temperature),
             reference_accuracy=self.reference_accuracy,
             accuracy=accuracy(probs, y) if y is not None else None,
+            macro_f1=macro_f1(probs, y) if y is not None else None,
         )
         report.message = self._message(report)
         report.seconds = time.perf_counter() - start
@@ -368,6 +372,7 @@ class DriftMonitor:
         self.writer.add_scalar("monitor/estimated_accuracy", report.estimated_accuracy or 0.0, step)
         if report.accuracy is not None:
             self.writer.add_scalar("monitor/accuracy", report.accuracy, step)
+            self.writer.add_scalar("monitor/macro_f1", report.macro_f1 or 0.0, step)
         self.writer.flush()
 
     # -- state -------------------------------------------------------------------------------

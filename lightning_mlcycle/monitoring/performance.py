@@ -96,3 +96,23 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
             f"`labels` must have one label per input ({probs.shape[0]}), but got {labels.shape[0]}."
         )
     return float((probs.argmax(1).cpu() == labels.cpu().long()).float().mean())
+
+
+def macro_f1(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Macro-averaged F1 of probabilities against labels (classes absent from both count as 0).
+
+    Example:
+        >>> macro_f1(torch.tensor([[0.9, 0.1], [0.3, 0.7]]), torch.tensor([0, 1]))
+        1.0
+    """
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    if labels.shape[0] != probs.shape[0]:
+        raise MLCycleError(
+            f"`labels` must have one label per input ({probs.shape[0]}), but got {labels.shape[0]}."
+        )
+    return float(
+        multiclass_f1_score(
+            probs.cpu(), labels.cpu().long(), num_classes=probs.shape[1], average="macro"
+        )
+    )
