@@ -744,33 +744,45 @@ class FitDiagnosis(Callback):
             return
         markdown = self.report.to_markdown()
         writer = tensorboard_writer(trainer)
-        fig = None
         if writer is not None:
             writer.add_text("diagnosis/report", markdown, global_step=trainer.global_step)
+        image = None
         if (self.log_figure and writer is not None) or self.write_files:
             try:
-                from lightning_mlcycle.diagnosis._plots import learning_curve_figure
-
-                fig = learning_curve_figure(self.report)
+                image = self._render_figure()
             except Exception as err:  # a figure is never worth failing the run  # noqa: BLE001
                 log.warning("Fit diagnosis: could not draw the learning curve: %s", err)
         if self.write_files:
             directory = trainer_log_dir(trainer)
             paths = self.report.save(directory)
             self.files = {k: str(p) for k, p in paths.items()}
-            if fig is not None:
-                png = directory / "learning_curve.png"
-                fig.savefig(png, dpi=100)
-                self.files["learning_curve"] = str(png)
-        if fig is not None:
-            if self.log_figure and writer is not None:
-                writer.add_figure("diagnosis/learning_curve", fig, global_step=trainer.global_step)
-            else:
+            if image is not None:
                 import matplotlib.pyplot as plt
 
-                plt.close(fig)
+                png = directory / "learning_curve.png"
+                plt.imsave(png, image)
+                self.files["learning_curve"] = str(png)
+        if image is not None and self.log_figure and writer is not None:
+            writer.add_image("diagnosis/learning_curve", image, global_step=trainer.global_step,
+                             dataformats="HWC")
         if writer is not None:
             writer.flush()
+
+    def _render_figure(self) -> Any:
+        """The learning curve as an RGB array, drawn once for both TensorBoard and the PNG."""
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        from lightning_mlcycle.diagnosis._plots import learning_curve_figure
+
+        fig = learning_curve_figure(self.report)
+        try:
+            canvas = FigureCanvasAgg(fig)  # whatever the user's backend, render off-screen
+            canvas.draw()
+            return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        finally:
+            plt.close(fig)
 
     # -- checkpointing -------------------------------------------------------------------------
     @override
