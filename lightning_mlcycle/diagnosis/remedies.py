@@ -90,7 +90,7 @@ REMEDIES: dict[Symptom, tuple[tuple[str, str | None], ...]] = {
     Symptom.NO_LEARNING: (
         ("check that the labels match the samples (shuffled or wrong labels?)", None),
         ("check the loss function and that the model's output is used", None),
-        ("change the learning rate (try x10 and /10)", "model.optimizer.lr={lr_up}"),
+        ("change the learning rate (try x10 and /10)", None),
         ("check that gradients reach the parameters (frozen layers? detached tensors?)", None),
         ("use a bigger model", "model.backbone.width={width_up}"),
     ),
