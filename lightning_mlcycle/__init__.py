@@ -6,6 +6,7 @@ re-exported here.
 """
 
 from lightning_mlcycle._errors import MLCycleError
+from lightning_mlcycle.compression import DistillationModule
 from lightning_mlcycle.data import (
     ArrayDataModule,
     DigitsDataModule,
@@ -33,6 +34,7 @@ __all__ = [
     "DeploymentExport",
     "DiagnosisReport",
     "DigitsDataModule",
+    "DistillationModule",
     "DriftMonitor",
     "EarlyStopping",
     "Finding",
