@@ -120,7 +120,7 @@ def quantize_stage(ctx: RunContext) -> None:
 def _binarize(ctx: RunContext, cfg: Any, model: torch.nn.Module, example: torch.Tensor, measure: Any) -> dict:
     out_dir = ctx.run_dir / "compressed"
     opts = {k: cfg.get(k) for k in ("keep_first_last", "scale", "binarize_input") if cfg.get(k) is not None}
-    binary = binarize(model, **opts)
+    binary = binarize(model, **opts).train()  # the copy is in eval mode; Lightning keeps sub-module modes
     original = ctx.model.backbone
     ctx.model.backbone = binary  # _fine_tune fine-tunes a copy of ctx.model.backbone
     try:
