@@ -25,8 +25,8 @@ REMEDIES: dict[Symptom, tuple[tuple[str, str | None], ...]] = {
         ("reduce regularization: less weight decay", "model.optimizer.weight_decay={wd_down}"),
         ("do error analysis: look at the training samples the model gets wrong", None),
         ("try a different architecture (e.g. a CNN for images)", "model=cnn"),
-        ("tune the hyper-parameters (learning rate, schedule, optimizer)",
-         "hparams_search=optuna"),
+        ("tune the hyper-parameters (learning rate, schedule, optimizer) with a sweep "
+         "(`mlcycle -m`)", "hparams_search=digits_optuna"),
         ("add input features (tabular data)", None),
     ),
     Symptom.OVERFITTING: (
@@ -39,7 +39,7 @@ REMEDIES: dict[Symptom, tuple[tuple[str, str | None], ...]] = {
         ("do error analysis: compare validation errors with training errors", None),
         ("use a smaller model", "model.backbone.width={width_down}"),
         ("try a different architecture", None),
-        ("tune the hyper-parameters", "hparams_search=optuna"),
+        ("tune the hyper-parameters with a sweep (`mlcycle -m`)", "hparams_search=digits_optuna"),
         ("remove input features that do not generalize (tabular data)", None),
     ),
     Symptom.VANISHING_GRADIENTS: (
