@@ -35,6 +35,8 @@ _RELU_TYPES = (nn.ReLU, nn.ReLU6)
 _SATURATING = {nn.Sigmoid: 1.0, nn.Tanh: 0.5}  # tanh(x) = 2 sigmoid(2x) - 1: half the cut-off
 _ROW_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _DEFAULT_VAL_KEYS = ("val/loss", "val_loss", "valid_loss", "validation_loss", "val/loss_epoch")
+_CORE_KEYS = ("train_loss", "train_present", "val_loss", "monitor", "nonfinite_loss",
+              "nonfinite_grads")
 _STATE_CODE = {FitState.UNKNOWN: -1, FitState.UNDERFITTING: 0, FitState.GOOD_FIT: 1,
                FitState.OVERFITTING: 2}
 
@@ -536,13 +538,20 @@ class FitDiagnosis(Callback):
         return out
 
     def _reduce(self, trainer: pl.Trainer, values: dict[str, float]) -> dict[str, float]:
-        """Mean over ranks, so every rank reaches the same decision (same keys on every rank)."""
+        """Make every rank decide on the same numbers.
+
+        The losses and the non-finite flags (keys every rank has) are averaged across ranks (a
+        flag above 0 then means "on some rank"); the sampled per-layer statistics, whose keys
+        could differ between ranks, are taken from rank 0.
+        """
         if trainer.world_size <= 1:
             return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=trainer.strategy.root_device)
+        core = [k for k in _CORE_KEYS if k in values]
+        t = torch.tensor([values[k] for k in core], dtype=torch.float64,
+                         device=trainer.strategy.root_device)
         t = trainer.strategy.reduce(t, reduce_op="mean")
-        return dict(zip(keys, t.tolist(), strict=False))
+        rest = trainer.strategy.broadcast({k: v for k, v in values.items() if k not in core}, src=0)
+        return {**rest, **dict(zip(core, t.tolist(), strict=True))}
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         v = self._reduce(trainer, self._collect(trainer))
