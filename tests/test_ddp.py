@@ -183,3 +183,55 @@ def test_ddp_trials_in_a_sweep_report_and_are_pruned(tmp_path):
         assert len(_writer_pids(job / "tensorboard")) == 1  # rank 0 only
         assert not list(job.glob("*rank*.log"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+
+
+_CALLBACKS_SCRIPT = """
+import json, sys
+import lightning.pytorch as pl, numpy as np, torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning_mlcycle import (ArrayDataModule, ClassificationModule, DeploymentExport, EarlyStopping,
+                               FitDiagnosis)
+from lightning_mlcycle.compression import MagnitudePruning
+from lightning_mlcycle.models import MLP
+
+out = sys.argv[1]
+pl.seed_everything(0, workers=True)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(240, 8)).astype("float32")
+dm = ArrayDataModule(x, (x[:, 0] > 0).astype("int64"), batch_size=16, leakage="ignore")
+model = ClassificationModule(MLP(2, (8,), hidden=(16,)), num_classes=2)
+prune = MagnitudePruning(sparsity=0.5)
+export = DeploymentExport(dirpath=out + "/export", formats=["onnx"], batch_sizes=[1], repeats=2)
+trainer = pl.Trainer(
+    strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, limit_train_batches=4,
+    logger=TensorBoardLogger(out, name="tb", version=""), default_root_dir=out,
+    callbacks=[FitDiagnosis(every_n_steps=2), EarlyStopping(monitor="val/loss"), prune, export],
+    enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+)
+trainer.fit(model, datamodule=dm)
+weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+both = trainer.strategy.all_gather(weights)
+if trainer.is_global_zero:
+    json.dump({"same_weights": bool(torch.equal(both[0], both[1])),
+               "zeros": float((weights == 0).float().mean()),
+               "sparsity": prune.sparsity_report().get("overall"),
+               "exports": export.state_dict()["exports"],
+               "world": trainer.world_size}, open(out + "/result.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_our_callbacks_in_a_plain_ddp_trainer(tmp_path):
+    """FitDiagnosis, EarlyStopping, MagnitudePruning and DeploymentExport in a user's own 2-process
+    DDP Trainer: the ranks end with the same (pruned) weights, files are written once."""
+    script = tmp_path / "train.py"
+    script.write_text(_CALLBACKS_SCRIPT)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(script), str(out)], cwd=tmp_path, capture_output=True,
+                          text=True, env=_env(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world"] == 2 and result["same_weights"]
+    assert result["sparsity"] == pytest.approx(0.5, abs=0.01) and result["zeros"] > 0.3
+    assert result["exports"] == 1 and (out / "export" / "model.onnx").is_file()
+    assert len(_writer_pids(out / "tb")) == 1
