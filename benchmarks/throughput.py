@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs per arm")
     parser.add_argument("--max-time", type=float, default=30.0, help="the tuner's time budget (s)")
     parser.add_argument("--scenarios", nargs="+", default=["cnn", "mlp", "decode"])
+    parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json", help="JSON results file")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -197,7 +198,7 @@ def main() -> None:
         })
     lines = [
         f"Training throughput, samples/s (median of {args.repeats} alternating repeats, {args.epochs} epochs "
-        f"each, {os.cpu_count()} CPU cores, machine shared with other jobs)",
+        f"each, tuner max_time={args.max_time:g} s, {os.cpu_count()} CPU cores, machine shared with other jobs)",
         "",
         "| scenario | default settings | default samples/s | tuner's choice | tuned samples/s | speed-up | tuning time s |",
         "|---|---|---:|---|---:|---:|---:|",
@@ -213,8 +214,9 @@ def main() -> None:
     print(table)
     for row in rows:
         print(f"\nTuner table ({row['scenario']}, first tuned run):\n{row['runs']['tuned'][0].get('table', '')}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"args": {**vars(args), "out": str(args.out)}, "rows": rows, "table": table}
+    args.out.write_text(json.dumps(payload, indent=2, default=str))
 
 
 if __name__ == "__main__":
