@@ -235,8 +235,10 @@ def objective_values(returned: Any, n_objectives: int) -> tuple[list[float] | No
     """The job's return value as objective values, or the reason it cannot be one.
 
     Example:
-        >>> objective_values(0.9, 1), objective_values(float("nan"), 1)[1]
-        ([0.9], 'objective is not finite: [nan]')
+        >>> objective_values(0.9, 1)
+        ([0.9], None)
+        >>> objective_values(float("nan"), 1)[1]
+        'objective is not finite: [nan]'
     """
     if returned is None:
         return None, "the job returned no objective (set `optimized_metric`)"
