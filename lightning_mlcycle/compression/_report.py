@@ -97,6 +97,34 @@ def measure_latency(
     return 1000.0 * statistics.median(times)
 
 
+def interleaved_latency(
+    models: Mapping[str, nn.Module], example: torch.Tensor, *, rounds: int = 5, repeats: int = 10
+) -> dict[str, float]:
+    """Median eager latency (ms) per model, timed in interleaved rounds.
+
+    Every model is timed in every round, so a load spike on a shared machine hits all of them
+    instead of one; compare models only with numbers from the same call.
+    """
+    times: dict[str, list[float]] = {k: [] for k in models}
+    states = {k: m.training for k, m in models.items()}
+    try:
+        with torch.inference_mode():
+            for m in models.values():
+                m.eval()
+                for _ in range(3):
+                    m(example)
+            for _ in range(rounds):
+                for name, m in models.items():
+                    t0 = time.perf_counter()
+                    for _ in range(repeats):
+                        m(example)
+                    times[name].append((time.perf_counter() - t0) / repeats)
+    finally:
+        for k, m in models.items():
+            m.train(states[k])
+    return {k: round(1000.0 * statistics.median(v), 4) for k, v in times.items()}
+
+
 def accuracy(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> float:
     """Top-1 accuracy of ``model`` over ``(x, y)`` batches (e.g. a DataLoader)."""
     was_training = model.training
