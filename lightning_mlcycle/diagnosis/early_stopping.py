@@ -88,7 +88,12 @@ class EarlyStopping(_LightningEarlyStopping):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.restore_best_weights or self._best_weights is None:
             return
-        pl_module.load_state_dict(self._best_weights)
+        try:
+            pl_module.load_state_dict(self._best_weights)
+        except RuntimeError as err:  # e.g. a callback changed layer shapes since (structured pruning)
+            log.warning("EarlyStopping: could not restore the weights of epoch %s, keeping the last "
+                        "ones: %s", self.best_epoch, str(err).splitlines()[0])
+            return
         self.restored_epoch = self.best_epoch
         if trainer.is_global_zero:
             log.info("EarlyStopping: restored the weights of epoch %s (%s = %.4g).",
