@@ -168,8 +168,10 @@ def test_two_workers_share_one_study(tmp_path, backend):
     assert sorted(states(study)) == [0, 1, 2, 3]
     assert all(s in ("COMPLETE", "PRUNED") for s in states(study).values())
     assert job_dirs(sweep) == [0, 1, 2, 3]
+    # usually both workers run trials; on a loaded machine the slower-starting one may find the
+    # queue empty, which is correct too (so only the exact count is asserted)
     owners = {t.system_attrs["mlcycle:owner"] for t in study.trials}
-    assert len(owners) == 2, owners  # both workers ran trials
+    assert 1 <= len(owners) <= 2, owners
 
 
 @pytest.mark.slow
