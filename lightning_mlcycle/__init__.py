@@ -25,6 +25,7 @@ from lightning_mlcycle.export import DeploymentExport, Predictor, export_model
 from lightning_mlcycle.models import ClassificationModule, create_model
 from lightning_mlcycle.monitoring import DriftMonitor, ReferenceProfile, stress_test
 from lightning_mlcycle.tuning.optuna_pruning import OptunaPruning
+from lightning_mlcycle.tuning.throughput import ThroughputTuner, tune_throughput
 
 __version__ = "0.1.0"
 
@@ -45,9 +46,11 @@ __all__ = [
     "Predictor",
     "ReferenceProfile",
     "Symptom",
+    "ThroughputTuner",
     "create_model",
     "export_model",
     "find_leakage",
     "stratified_split",
     "stress_test",
+    "tune_throughput",
 ]
