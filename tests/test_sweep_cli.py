@@ -210,10 +210,12 @@ def test_killed_sweep_resumes_with_the_remaining_trials(tmp_path):
     try:
         while time.monotonic() < deadline:
             time.sleep(1)
-            if (sweep / "optuna.db").exists():
+            try:
                 st = states(load(storage, "digits_optuna"))
-                if "COMPLETE" in st.values() and "RUNNING" in st.values():
-                    break
+            except KeyError:  # the study is not created yet
+                continue
+            if "COMPLETE" in st.values() and "RUNNING" in st.values():
+                break
         else:
             pytest.fail("the first trial did not finish in time")
     finally:

@@ -136,6 +136,9 @@ def open_storage(url: str, *, key: str = "storage") -> Any:
                 file.parent.mkdir(parents=True, exist_ok=True)
             # parallel jobs write to one file: wait for the lock instead of failing at once
             engine_kwargs["connect_args"] = {"timeout": 60}
+            # two processes creating Optuna's tables at once collide (alembic_version UNIQUE)
+            with storage_lock(url):
+                return optuna.storages.RDBStorage(real, engine_kwargs=engine_kwargs)
         elif url.startswith(("postgresql", "mysql")):
             # an unreachable host must fail in seconds, not hang the sweep (libpq/MySQL option)
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
