@@ -45,8 +45,8 @@ def make_quantizer(backend: str = "x86", *, reduce_range: bool | None = None) ->
 
     ``"x86"``: ``X86InductorQuantizer`` - symmetric per-channel int8 weights, asymmetric uint8
     activations, the combination ONNX Runtime's x86 integer kernels (``QLinearConv``) run.
-    ``reduce_range`` (7-bit activations, so u8 x s8 products cannot saturate on x86 CPUs without
-    VNNI) defaults to what this CPU needs (``ptq.needs_reduce_range``).
+    ``reduce_range`` (7-bit weights, so u8 x s8 products cannot saturate on x86 CPUs without VNNI)
+    defaults to what this CPU needs (``ptq.needs_reduce_range``).
 
     Example:
         >>> type(make_quantizer("x86")).__name__
@@ -54,6 +54,8 @@ def make_quantizer(backend: str = "x86", *, reduce_range: bool | None = None) ->
     """
     check_choice("backend", backend, BACKENDS)
     _pt2e.require_torchao()
+    import dataclasses
+
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
@@ -61,8 +63,13 @@ def make_quantizer(backend: str = "x86", *, reduce_range: bool | None = None) ->
 
     from lightning_mlcycle.compression.ptq import needs_reduce_range
 
-    reduce = needs_reduce_range() if reduce_range is None else bool(reduce_range)
-    config = get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=reduce)
+    config = get_default_x86_inductor_quantization_config(is_qat=True)
+    if needs_reduce_range() if reduce_range is None else bool(reduce_range):
+        # 7-bit weights, as ONNX Runtime's own `reduce_range`: the int8 weights in the QDQ graph are
+        # constants, so ONNX computes exactly what the converted model does (torchao's own
+        # `reduce_range` narrows the activations instead, which a uint8 QuantizeLinear cannot express)
+        weight = dataclasses.replace(config.weight, quant_min=-63, quant_max=63)
+        config = dataclasses.replace(config, weight=weight)
     return X86InductorQuantizer().set_global(config)
 
 
