@@ -215,3 +215,26 @@ def test_missing_backend_is_named(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e.quantize_pt2e", None)
     with pytest.raises(MLCycleError, match=r"torchao.*pip install"):
         QuantizationAwareTraining()
+
+
+def test_resnet_style_block_shared_relu_and_inplace_residual() -> None:
+    class Block(nn.Module):  # as torchvision's BasicBlock: one ReLU module called twice, `out += x`
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+            self.relu = nn.ReLU(inplace=True)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            out += x
+            return self.head(self.relu(out))
+
+    x = torch.randn(4, 4, 6, 6)
+    qat = prepare_qat(Block(), x)
+    qat(x)
+    qat.eval()
+    with torch.no_grad():
+        assert convert_qat(qat)(x).shape == (4, 2)

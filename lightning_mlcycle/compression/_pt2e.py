@@ -90,7 +90,74 @@ def capture(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
             "no .item()/.tolist() on tensors, no in-place tricks on inputs), or quantize a traceable "
             "sub-module with `module_name=`."
         ) from err
-    return program.module()
+    gm = program.module()
+    _functionalize_activations(gm)
+    _split_shared_activations(gm)
+    return gm
+
+
+_STATELESS = ("ReLU", "ReLU6", "Hardtanh", "SiLU", "GELU", "Hardswish", "Hardsigmoid", "LeakyReLU",
+              "Sigmoid", "Tanh", "Identity", "Dropout")
+
+
+def _split_shared_activations(gm: torch.fx.GraphModule) -> int:
+    """Give every call of a shared activation module its own source (quantizer partitions).
+
+    torchvision's ResNet blocks call one ``self.relu`` twice; the quantizer groups nodes by module
+    and then refuses a ReLU "partition" with two outputs. Each call is independent, so each node
+    gets a distinct module path (``layer1.0.relu#1``) in its ``nn_module_stack`` metadata.
+    """
+    seen: dict[str, int] = {}
+    split = 0
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack") if node.op == "call_function" else None
+        if not stack:
+            continue
+        key, (fqn, cls) = list(stack.items())[-1]
+        name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+        if name not in _STATELESS:
+            continue
+        count = seen.get(fqn, 0)
+        seen[fqn] = count + 1
+        if count:
+            stack = dict(stack)
+            stack[key] = (f"{fqn}#{count}", cls)
+            node.meta["nn_module_stack"] = stack
+            split += 1
+    return split
+
+
+def _inplace_table() -> dict:
+    aten = torch.ops.aten
+    table = {aten.relu_.default: aten.relu.default, aten.add_.Tensor: aten.add.Tensor,
+             aten.mul_.Tensor: aten.mul.Tensor, aten.hardtanh_.default: aten.hardtanh.default}
+    for name in ("silu_", "hardswish_", "hardsigmoid_", "leaky_relu_"):
+        inplace, functional = getattr(aten, name, None), getattr(aten, name.rstrip("_"), None)
+        if inplace is not None and functional is not None:
+            table[inplace.default] = functional.default
+    return table
+
+
+def _functionalize_activations(gm: torch.fx.GraphModule) -> int:
+    """Turn in-place activations/residual adds on intermediate values into their functional ops.
+
+    The training IR of ``torch.export`` keeps ``relu_`` and ``out += identity`` (ResNet) as in-place
+    ops, and the x86 quantizer's conv-add-relu fusion then fails ("Input partition has more than one
+    output node"). An in-place op whose input has no other user computes the same functionally;
+    in-place updates of buffers (batch-norm counters) are left alone.
+    """
+    table = _inplace_table()
+    changed = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in table:
+            continue
+        src = node.args[0]
+        if isinstance(src, torch.fx.Node) and src.op == "call_function" and len(src.users) == 1:
+            node.target = table[node.target]
+            changed += 1
+    if changed:
+        gm.recompile()
+    return changed
 
 
 def _attr(gm: nn.Module, target: str) -> Any:
