@@ -54,7 +54,11 @@ class OnnxTeacher(nn.Module):
             providers = ["CPUExecutionProvider"]
             if cuda and "CUDAExecutionProvider" in available:
                 providers.insert(0, "CUDAExecutionProvider")
-            self._session = ort.InferenceSession(self.path, providers=providers)
+            opts = ort.SessionOptions()
+            # the teacher runs between the student's torch steps: spinning ORT workers would
+            # steal the cores torch trains on
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(self.path, opts, providers=providers)
             self._session_cuda = cuda
         return self._session
 
