@@ -251,6 +251,8 @@ def session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
     ort = require_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # sleep instead of spin-waiting between runs, so torch work timed or run next to it keeps its cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
