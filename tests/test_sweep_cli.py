@@ -144,7 +144,9 @@ def test_failure_budget_stops_the_sweep(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["journal", "sqlite"])
+# journal storage works for two workers too, but took 140 s for 4 tiny trials on this machine (a
+# slow path noted in issue #4's closing note), so the suite runs the SQLite case only
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_two_workers_share_one_study(tmp_path, backend):
     """Two ``mlcycle -m`` processes on one storage: n_trials in total, each run exactly once. The
     second worker runs its trials through the joblib launcher (pruning from other processes)."""
