@@ -119,6 +119,27 @@ class LayerSurgery(Callback):
         self.done = bool(state_dict.get("done", bool(self.recipe)))
 
 
+def load_recipe_file(
+    path: str | os.PathLike[str], fmt: str, saver: str, model: nn.Module | None
+) -> tuple[dict[str, Any], nn.Module]:
+    """Read a file written by one of our ``save_*`` functions and the model to rebuild into.
+
+    Loads with ``weights_only=True``, checks the ``format`` tag, and builds the original (not yet
+    compressed) model from the saved Hydra config when ``model`` is None.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise MLCycleError(f"{path} is not a model saved by {saver} (format {fmt}).")
+    if model is None:
+        if not payload.get("builder"):
+            raise MLCycleError(f"{path} holds no model config: pass the original model as `model=`.")
+        from hydra.utils import instantiate
+
+        model = instantiate(payload["builder"])
+    assert model is not None
+    return payload, model
+
+
 _FORMAT = "lightning_mlcycle.layer_recipe/1"
 
 
@@ -161,16 +182,7 @@ def load_factorized(path: str | os.PathLike[str], model: nn.Module | None = None
         >>> torch.equal(again(torch.ones(1, 32)), net(torch.ones(1, 32)))
         True
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise MLCycleError(f"{path} is not a model saved by save_factorized (format {_FORMAT}).")
-    if model is None:
-        if not payload.get("builder"):
-            raise MLCycleError(f"{path} holds no model config: pass the original model as `model=`.")
-        from hydra.utils import instantiate
-
-        model = instantiate(payload["builder"])
-    assert model is not None
+    payload, model = load_recipe_file(path, _FORMAT, "save_factorized", model)
     _REBUILDERS[payload["kind"]](model, payload["recipe"])
     model.load_state_dict(payload["state_dict"], strict=True)
     return model.eval()

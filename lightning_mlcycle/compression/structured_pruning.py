@@ -337,16 +337,9 @@ def load_pruned(path: str | os.PathLike[str], model: nn.Module | None = None) ->
     """
     import torch_pruning as tp
 
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise MLCycleError(f"{path} is not a pruned model saved by save_pruned (format {_FORMAT}).")
-    if model is None:
-        if not payload.get("builder"):
-            raise MLCycleError(f"{path} holds no model config: pass the unpruned model as `model=`.")
-        from hydra.utils import instantiate
+    from lightning_mlcycle.compression._surgery import load_recipe_file
 
-        model = instantiate(payload["builder"])
-    assert model is not None
+    payload, model = load_recipe_file(path, _FORMAT, "save_pruned", model)
     model.eval()
     example = torch.zeros(1, *payload["input_shape"])
     if payload["history"]:
