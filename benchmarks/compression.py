@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from lightning_mlcycle.compression import (
     StructuredPruning,
     structured_prune,
 )
-from lightning_mlcycle.compression._report import accuracy, count_macs, count_params
+from lightning_mlcycle.compression._report import accuracy, count_macs, count_params, interleaved_latency
 from lightning_mlcycle.compression.structured_pruning import output_layer
 from lightning_mlcycle.models import ClassificationModule
 from lightning_mlcycle.models.zoo import SmallCNN, resnet18
@@ -81,19 +80,7 @@ def _sparsity(model: nn.Module) -> float:
 
 def _latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int, repeats: int) -> dict[str, float]:
     """Median ms per model, timed in interleaved rounds so load changes hit every model alike."""
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m.eval()
-            for _ in range(3):
-                m(example)
-        for _ in range(rounds):
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    m(example)
-                times[name].append((time.perf_counter() - t0) / repeats * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_latency(models, example, rounds=rounds, repeats=repeats)
 
 
 def bench_model(name: str, build: Any, dm: DigitsDataModule, args: argparse.Namespace, train: bool) -> dict:

@@ -64,13 +64,7 @@ class LayerSurgery(Callback):
 
     def target(self, pl_module: nn.Module) -> nn.Module:
         """The module that is changed."""
-        if self.module is None:
-            return pl_module
-        sub = getattr(pl_module, self.module, None)
-        if not isinstance(sub, nn.Module):
-            valid = [n for n, _ in pl_module.named_children()]
-            raise MLCycleError(f"`module`: the LightningModule has no sub-module {self.module!r}; valid: {valid}.")
-        return sub
+        return submodule(pl_module, self.module)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -117,6 +111,17 @@ class LayerSurgery(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.recipe = {str(k): int(v) for k, v in state_dict.get("recipe", {}).items()}
         self.done = bool(state_dict.get("done", bool(self.recipe)))
+
+
+def submodule(pl_module: nn.Module, name: str | None) -> nn.Module:
+    """``pl_module`` itself (``name`` None) or its child ``name``; the error lists the valid ones."""
+    if name is None:
+        return pl_module
+    sub = getattr(pl_module, name, None)
+    if not isinstance(sub, nn.Module):
+        valid = [n for n, _ in pl_module.named_children()]
+        raise MLCycleError(f"`module`: the LightningModule has no sub-module {name!r}; valid: {valid}.")
+    return sub
 
 
 def load_recipe_file(

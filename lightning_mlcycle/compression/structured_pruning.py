@@ -447,13 +447,9 @@ class StructuredPruning(Callback):
 
     def target(self, pl_module: pl.LightningModule) -> nn.Module:
         """The module that is pruned."""
-        if self.module is None:
-            return pl_module
-        sub = getattr(pl_module, self.module, None)
-        if not isinstance(sub, nn.Module):
-            valid = [n for n, _ in pl_module.named_children()]
-            raise MLCycleError(f"`module`: the LightningModule has no sub-module {self.module!r}; valid: {valid}.")
-        return sub
+        from lightning_mlcycle.compression._surgery import submodule
+
+        return submodule(pl_module, self.module)
 
     def _example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         example = getattr(pl_module, "example_input_array", None)
