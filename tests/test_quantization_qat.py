@@ -217,24 +217,59 @@ def test_missing_backend_is_named(monkeypatch) -> None:
         QuantizationAwareTraining()
 
 
+class _Block(nn.Module):  # as torchvision's BasicBlock: one ReLU module called twice, `out += x`
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.head(self.relu(out))
+
+
+
 def test_resnet_style_block_shared_relu_and_inplace_residual() -> None:
-    class Block(nn.Module):  # as torchvision's BasicBlock: one ReLU module called twice, `out += x`
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
-            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
-            self.relu = nn.ReLU(inplace=True)
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            out += x
-            return self.head(self.relu(out))
-
     x = torch.randn(4, 4, 6, 6)
-    qat = prepare_qat(Block(), x)
+    qat = prepare_qat(_Block(), x)
     qat(x)
     qat.eval()
     with torch.no_grad():
         assert convert_qat(qat)(x).shape == (4, 2)
+
+
+@pytest.mark.parametrize(("backend", "fp32_convs"), [("onnxruntime", 0), ("x86", 1)])
+def test_residual_convs_run_as_int8_in_onnxruntime(tmp_path, backend, fp32_convs) -> None:
+    """With the default quantizer ONNX Runtime runs every conv of a residual block in int8.
+
+    The x86 (Inductor) recipe leaves the conv that feeds the residual add unquantized at its
+    output, so ONNX Runtime has to run it in fp32 (a ``FusedConv``).
+    """
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from lightning_mlcycle._onnx import to_onnx
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, 6, 6)
+    qat = prepare_qat(_Block(), x[:4], backend=backend)
+    qat(x)
+    qat.eval()
+    converted = convert_qat(qat)
+    path = to_onnx(converted, x[:2], tmp_path / "int8.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 2 - fp32_convs
+    assert sum(op in ("Conv", "FusedConv") for op in ops) == fp32_convs
+    if backend == "onnxruntime":
+        assert "QLinearAdd" in ops
+    with torch.no_grad():
+        ref = converted(x).numpy()
+    out = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max() + 1e-3
