@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,13 @@ from hydra_plugins.mlcycle_optuna_sweeper._impl import (
 )
 from lightning_mlcycle import ClassificationModule, DigitsDataModule, MLCycleError, OptunaPruning
 from lightning_mlcycle.models import MLP
-from lightning_mlcycle.tuning._storage import mask_url, open_storage, scrub, with_env_password
+from lightning_mlcycle.tuning._storage import (
+    mask_url,
+    open_storage,
+    scrub,
+    storage_lock,
+    with_env_password,
+)
 from lightning_mlcycle.tuning._sweep_env import TRIAL_ENV, SweepTrial
 from lightning_mlcycle.tuning.optuna_pruning import PruningOutcome, report_and_decide
 
@@ -96,6 +103,8 @@ def test_failure_budget_and_objective_values():
         ({"sampler": "tpe"}, r"`hydra.sweeper.sampler` must build an optuna.samplers sampler"),
         ({"pruner": 3}, r"`hydra.sweeper.pruner` must build an optuna.pruners pruner"),
         ({"custom_search_space": "nowhere.fn"}, r"`hydra.sweeper.custom_search_space`: cannot import"),
+        ({"step_unit": "batches"}, r"`hydra.sweeper.step_unit` must be one of \['global_step', "
+                                   r"'samples', 'epoch'\], but got 'batches'"),
     ],
 )
 def test_sweeper_arguments_are_validated(kwargs, match):
@@ -122,14 +131,33 @@ def test_unreachable_storage_names_key_and_hides_password():
     assert "hunter2" not in str(err.value) and "bob:***@" in str(err.value)
 
 
+def test_claim_lock_leaves_optunas_journal_lock_free(tmp_path):
+    """Our claim lock must not be Optuna's journal lock file: sharing the name made every journal
+    write inside a claim wait 30 s (Optuna's grace period) and then delete our lock."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    url = f"journal:{tmp_path / 'study.log'}"
+    storage = open_storage(url)
+    with storage_lock(url):
+        optuna_lock = JournalFileSymlinkLock(str(tmp_path / "study.log"), grace_period=None)
+        # Optuna's lock is one os.symlink; it raises FileExistsError when the name is taken
+        os.symlink(tmp_path / "study.log", optuna_lock._lock_file)
+        optuna_lock.release()
+        optuna.create_study(study_name="s", storage=storage).enqueue_trial({})
+    assert (tmp_path / "study.log.claim.lock").exists()
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 1
+
+
 def test_sweep_trial_handle_roundtrip_and_open(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/o.db"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
     study.enqueue_trial({})
-    handle = SweepTrial(url, "s", 0, "val/acc", {"_target_": "optuna.pruners.MedianPruner"})
+    handle = SweepTrial(url, "s", 0, "val/acc", {"_target_": "optuna.pruners.MedianPruner"},
+                        step_unit="samples")
     monkeypatch.setenv(TRIAL_ENV, handle.encode())
     cb = OptunaPruning.from_environment()
     assert cb is not None and cb.monitor == "val/acc" and cb.trial is None
+    assert cb.step_unit == "samples"
     trial = handle.open()
     assert trial.number == 0 and isinstance(trial.study.pruner, optuna.pruners.MedianPruner)
     monkeypatch.setenv(TRIAL_ENV, "{not json")
@@ -149,6 +177,9 @@ def test_callback_arguments_are_validated():
     multi = optuna.create_study(directions=["maximize", "minimize"])
     with pytest.raises(ValueError, match=r"multi-objective study"):
         OptunaPruning(multi.ask(), monitor="val/acc")
+    with pytest.raises(ValueError, match=r"Expected argument `step_unit` to be one of "
+                                         r"\['global_step', 'samples', 'epoch'\], but got 'batch'"):
+        OptunaPruning(study.ask(), monitor="val/acc", step_unit="batch")
 
 
 def test_report_and_decide_threshold():
@@ -160,14 +191,16 @@ def test_report_and_decide_threshold():
     assert t.study.trials[0].intermediate_values == {0: 0.5, 5: 3.0}
 
 
-def _objective(trial: optuna.Trial, val_check_interval: float = 1.0) -> float:
+def _objective(trial: optuna.Trial, val_check_interval: float = 1.0, step_unit: str = "global_step",
+               batch_size: int = 32, limit_train_batches: int | float = 4,
+               max_epochs: int = 2) -> float:
     model = ClassificationModule(MLP(10, (1, 8, 8), (16,)), num_classes=10)
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
-                         limit_train_batches=4, limit_val_batches=2,
+                         limit_train_batches=limit_train_batches, limit_val_batches=2,
                          val_check_interval=val_check_interval,
-                         callbacks=[OptunaPruning(trial, monitor="val/acc")])
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+                         callbacks=[OptunaPruning(trial, monitor="val/acc", step_unit=step_unit)])
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=batch_size))
     trial.set_user_attr("epochs", trainer.current_epoch)
     return float(trainer.callback_metrics["val/acc"])
 
@@ -186,13 +219,62 @@ def test_pruned_trial_is_pruned_and_reports_every_validation():
     assert list(trial.intermediate_values) == [4]  # stopped after the first validation
 
 
+def test_samples_unit_compares_batch_sizes_at_epoch_ends():
+    """Batch 48 and 128 (neither divides the train split) report at the same steps every epoch,
+    the global step would not; a mid-epoch validation still gets its own step."""
+    study = optuna.create_study(direction="maximize")
+    for bs in (48, 128):
+        study.optimize(lambda t, bs=bs: _objective(t, step_unit="samples", batch_size=bs,
+                                                   limit_train_batches=1.0), n_trials=1)
+    dm = DigitsDataModule()
+    dm.setup("fit")
+    n_train = len(dm.train_dataloader().dataset)
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[n_train, 2 * n_train]] * 2
+    study.optimize(lambda t: _objective(t, val_check_interval=0.5, step_unit="samples",
+                                        limit_train_batches=4, max_epochs=1), n_trials=1)
+    assert sorted(study.trials[-1].intermediate_values) == [64, 128]  # 2 and 4 batches of 32
+
+
+def test_epoch_unit_reports_epochs_and_rejects_several_validations_per_epoch():
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: _objective(t, step_unit="epoch"), n_trials=1)
+    assert sorted(study.trials[0].intermediate_values) == [0, 1]
+    with pytest.raises(MLCycleError, match=r"`step_unit`='epoch' reports once per epoch, but the "
+                                           r"Trainer validates every 2 of 4 batches"):
+        _objective(study.ask(), val_check_interval=0.5, step_unit="epoch")
+
+
+def test_samples_unit_keeps_counting_after_resume(tmp_path):
+    """Stop after epoch 1, resume from its checkpoint: epoch 2 reports at 2x the samples."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+
+    def fit(max_epochs: int, ckpt_path: str | None) -> OptunaPruning:
+        cb = OptunaPruning(trial, monitor="val/acc", step_unit="samples")
+        trainer = pl.Trainer(max_epochs=max_epochs, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_train_batches=3,
+                             limit_val_batches=1, default_root_dir=tmp_path,
+                             callbacks=[cb, ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+        model = ClassificationModule(MLP(10, (1, 8, 8), (16,)), num_classes=10)
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=16), ckpt_path=ckpt_path)
+        return cb
+
+    assert fit(1, None).samples_seen == 48
+    resumed = fit(2, str(tmp_path / "last.ckpt"))
+    assert resumed.samples_seen == 96
+    assert sorted(study.trials[0].intermediate_values) == [48, 96]
+
+
 def test_callback_state_roundtrip():
     study = optuna.create_study()
     cb = OptunaPruning(study.ask(), monitor="val/loss")
-    cb.pruned_step, cb.last_step, cb.last_value = 7, 7, 0.3
+    cb.pruned_step, cb.last_step, cb.last_value, cb.samples_seen = 7, 7, 0.3, 224
     other = OptunaPruning(study.ask(), monitor="val/loss")
     other.load_state_dict(cb.state_dict())
     assert (other.pruned_step, other.last_step, other.last_value) == (7, 7, 0.3)
+    assert other.samples_seen == 224
     other.load_state_dict({})  # checkpoints from before a key existed still load
     assert other.pruned_step is None
     assert cb.state_key == other.state_key != OptunaPruning(study.ask(), monitor="val/acc").state_key

@@ -272,7 +272,10 @@ class SweeperImpl:
         max_failure_rate: float,
         params: Mapping[str, Any] | None,
         custom_search_space: str | None = None,
+        step_unit: str = "global_step",
     ) -> None:
+        from lightning_mlcycle.tuning.optuna_pruning import STEP_UNITS
+
         directions = list(direction) if isinstance(direction, (list, tuple, ListConfig)) \
             else [direction]
         if not directions or any(d not in _DIRECTIONS for d in directions):
@@ -288,6 +291,11 @@ class SweeperImpl:
         if not 0.0 <= float(max_failure_rate) <= 1.0:
             raise MLCycleError(
                 f"`hydra.sweeper.max_failure_rate` must be in [0, 1], but got {max_failure_rate!r}."
+            )
+        if step_unit not in STEP_UNITS:
+            raise MLCycleError(
+                f"`hydra.sweeper.step_unit` must be one of {list(STEP_UNITS)}, but got "
+                f"{step_unit!r}."
             )
         if not isinstance(study_name, str) or not study_name:
             raise MLCycleError(f"`hydra.sweeper.study_name` must be a name, but got {study_name!r}.")
@@ -315,6 +323,7 @@ class SweeperImpl:
         self.sampler = sampler if sampler is not None else optuna.samplers.TPESampler()
         self.pruner = pruner
         self.monitor = monitor
+        self.step_unit = step_unit
         self.directions = [str(d) for d in directions]
         self.study_name = study_name
         self.storage_url = storage
@@ -501,7 +510,8 @@ class SweeperImpl:
         monitor = self.monitor if self.pruner is not None and len(self.directions) == 1 else None
         handle = SweepTrial(storage=self.masked_url, study_name=self.study_name,
                             number=trial.number, monitor=monitor,
-                            pruner=self.pruner_cfg if monitor else None)
+                            pruner=self.pruner_cfg if monitor else None,
+                            step_unit=self.step_unit)
         overrides.append(f"++hydra.job.env_set.{TRIAL_ENV}={_quote(handle.encode())}")
         # a literal password in a config file must not reach the job's saved hydra.yaml either
         overrides.append(f"hydra.sweeper.storage={_quote(self.masked_url)}")

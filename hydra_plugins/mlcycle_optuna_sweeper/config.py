@@ -21,6 +21,10 @@ class MLCycleOptunaSweeperConf:
         pruner: an Optuna pruner (``_target_`` config) or null for no pruning.
         monitor: the logged metric the job reports to the pruner at every validation; it must be
             optimized in the study's direction (e.g. ``val/acc`` with ``maximize``).
+        step_unit: what the reported step counts: ``global_step`` (optimizer steps), ``samples``
+            (training samples seen: use it when the batch size is searched, so trials are
+            compared after the same amount of data) or ``epoch``. The pruner's warm-up /
+            ``min_resource`` is in this unit.
         direction: ``minimize`` / ``maximize``, or a list of them for a multi-objective study.
         study_name: the study's name in the storage (resume and parallel workers share it).
         storage: an Optuna storage URL (``sqlite:///...``, ``postgresql://...``,
@@ -40,6 +44,7 @@ class MLCycleOptunaSweeperConf:
     )
     pruner: Any = None
     monitor: str | None = None
+    step_unit: str = "global_step"
     direction: Any = "minimize"
     study_name: str = "mlcycle"
     storage: str | None = None

@@ -29,6 +29,7 @@ class SweepTrial:
         number: the trial's number in the study (also the Hydra job number).
         monitor: the metric the pruning callback reports (None: no pruning).
         pruner: the sweeper's pruner config (``_target_`` mapping) or None.
+        step_unit: what the pruning callback's steps count (``OptunaPruning``'s ``step_unit``).
 
     Example:
         >>> t = SweepTrial("sqlite:///s/optuna.db", "digits", 3, "val/acc", None)
@@ -41,6 +42,7 @@ class SweepTrial:
     number: int
     monitor: str | None = None
     pruner: dict[str, Any] | None = field(default=None, hash=False)
+    step_unit: str = "global_step"
 
     def encode(self) -> str:
         """One-line JSON for the environment."""

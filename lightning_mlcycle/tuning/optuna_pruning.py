@@ -16,6 +16,9 @@ from lightning_mlcycle.tuning._sweep_env import SweepTrial, trial_from_environme
 
 log = logging.getLogger(__name__)
 
+#: what the step a value is reported at counts (see :class:`OptunaPruning`'s ``step_unit``)
+STEP_UNITS = ("global_step", "samples", "epoch")
+
 
 class PruningOutcome(Enum):
     """What one validation's report decided."""
@@ -51,7 +54,16 @@ class OptunaPruning(Callback):
     """Report a monitored metric to an Optuna trial at every validation and prune it early.
 
     The value is reported at every validation run (not once per epoch), indexed by the global
-    step, so ``val_check_interval < 1`` gives the pruner several points per epoch. When the study's
+    step by default, so ``val_check_interval < 1`` gives the pruner several points per epoch.
+    Optuna's pruners compare trials at the same step (Median/Percentile: only trials that reported
+    at exactly that step; SuccessiveHalving/Hyperband: the step is the resource spent), so when the
+    search changes the batch size, optimizer steps are not comparable: epoch 1 of batch 32 is step
+    40 on digits, epoch 1 of batch 64 is step 20. ``step_unit="samples"`` counts training samples
+    seen instead (the batch's real size times the world size, so the count is global under DDP,
+    where the distributed sampler gives every rank equal batches): all batch sizes reach the same
+    step at every epoch end (unless the loader drops its last, incomplete batch), and validations
+    within an epoch still get distinct steps. The count is saved in checkpoints. Express
+    the pruner's warm-up / ``min_resource`` in the same unit. When the study's
     pruner says so, training stops gracefully (checkpoints and logs are finished) and ``fit`` ends
     by raising :class:`optuna.TrialPruned`, so ``study.optimize`` (or the ``mlcycle_optuna``
     sweeper) records the trial as **PRUNED**, not FAIL. Under DDP only global rank 0 talks to the
@@ -66,6 +78,10 @@ class OptunaPruning(Callback):
             when ``sweep_trial`` is given.
         monitor: the logged metric to report (e.g. ``"val/loss"``); it must be optimized in the
             study's direction.
+        step_unit: what the reported step counts: ``"global_step"`` (optimizer steps; the
+            default), ``"samples"`` (training samples seen, comparable across batch sizes) or
+            ``"epoch"`` (the 0-based epoch, as Optuna's own Lightning callback; only for at most
+            one validation per epoch).
         sweep_trial: where the trial lives (storage, study, number), to open it lazily on rank 0.
 
     Example:
@@ -86,6 +102,8 @@ class OptunaPruning(Callback):
         >>> study.optimize(objective, n_trials=1)
         >>> study.trials[0].state.name
         'PRUNED'
+        >>> OptunaPruning(study.ask(), monitor="val/acc", step_unit="samples").step_unit
+        'samples'
     """
 
     def __init__(
@@ -93,6 +111,7 @@ class OptunaPruning(Callback):
         trial: Any = None,
         monitor: str = "val/loss",
         *,
+        step_unit: str = "global_step",
         sweep_trial: SweepTrial | None = None,
     ) -> None:
         super().__init__()
@@ -108,6 +127,11 @@ class OptunaPruning(Callback):
             )
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"Expected argument `monitor` to be a metric name, but got {monitor!r}.")
+        if step_unit not in STEP_UNITS:
+            raise ValueError(
+                f"Expected argument `step_unit` to be one of {list(STEP_UNITS)}, but got "
+                f"{step_unit!r}."
+            )
         if trial is not None and len(trial.study.directions) > 1:
             raise ValueError(
                 "`trial` belongs to a multi-objective study; Optuna cannot prune those "
@@ -116,6 +140,9 @@ class OptunaPruning(Callback):
         self.trial = trial
         self.monitor = monitor
         self.sweep_trial = sweep_trial
+        self.step_unit = step_unit
+        #: training samples seen by all ranks so far (counted only for ``step_unit="samples"``)
+        self.samples_seen = 0
         self.pruned_step: int | None = None
         self.last_value: float | None = None
         self.last_step: int | None = None
@@ -129,7 +156,7 @@ class OptunaPruning(Callback):
         handle = trial_from_environment()
         if handle is None or not handle.monitor or not handle.pruner:
             return None
-        return cls(monitor=handle.monitor, sweep_trial=handle)
+        return cls(monitor=handle.monitor, step_unit=handle.step_unit, sweep_trial=handle)
 
     @property
     def state_key(self) -> str:
@@ -149,6 +176,34 @@ class OptunaPruning(Callback):
             self._ensure_trial()
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.step_unit != "epoch":
+            return
+        per_epoch = trainer.num_training_batches
+        every = trainer.val_check_batch
+        if math.isfinite(per_epoch) and math.isfinite(every) and every < per_epoch:
+            # two validations in one epoch would report at the same step: Optuna keeps the first
+            raise MLCycleError(
+                f"OptunaPruning: `step_unit`='epoch' reports once per epoch, but the Trainer "
+                f"validates every {every} of {per_epoch} batches; use step_unit='samples' or "
+                f"'global_step'."
+            )
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.step_unit == "samples":
+            self.samples_seen += _batch_size(batch) * trainer.world_size
+
+    def reporting_step(self, trainer: pl.Trainer) -> int:
+        """The step the current validation is reported at, in :attr:`step_unit`."""
+        if self.step_unit == "samples":
+            return self.samples_seen
+        if self.step_unit == "epoch":
+            return int(trainer.current_epoch)
+        return int(trainer.global_step)
+
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.pruned_step is not None:
             return
@@ -159,7 +214,7 @@ class OptunaPruning(Callback):
                 f"{sorted(metrics)}."
             )
         value = float(metrics[self.monitor])
-        step = int(trainer.global_step)
+        step = self.reporting_step(trainer)
         outcome = PruningOutcome.CONTINUE
         if trainer.is_global_zero:
             outcome = report_and_decide(self._ensure_trial(), value, step)
@@ -192,7 +247,8 @@ class OptunaPruning(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "pruned_step": self.pruned_step,
+        return {"monitor": self.monitor, "step_unit": self.step_unit,
+                "samples_seen": self.samples_seen, "pruned_step": self.pruned_step,
                 "last_step": self.last_step, "last_value": self.last_value}
 
     @override
@@ -200,3 +256,19 @@ class OptunaPruning(Callback):
         self.pruned_step = state_dict.get("pruned_step")
         self.last_step = state_dict.get("last_step")
         self.last_value = state_dict.get("last_value")
+        # a resumed run keeps counting samples from where the checkpoint was taken
+        self.samples_seen = int(state_dict.get("samples_seen", 0))
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in one training batch (the first dimension of its tensors, as Lightning infers it)."""
+    from lightning.pytorch.utilities.data import extract_batch_size
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    try:
+        return int(extract_batch_size(batch))
+    except (MisconfigurationException, RecursionError) as err:
+        raise MLCycleError(
+            f"OptunaPruning: `step_unit`='samples' needs the batch size, but it cannot be read "
+            f"from a batch of type {type(batch).__name__} ({err}); use step_unit='global_step'."
+        ) from None
