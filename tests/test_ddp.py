@@ -166,9 +166,9 @@ def test_ddp_trials_in_a_sweep_report_and_are_pruned(tmp_path):
         "callbacks=model_checkpoint", "hydra.sweeper.params=null",
         "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
         "~hydra.sweeper.sampler.n_startup_trials",
-        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "~hydra.sweeper.pruner.n_startup_trials", "~hydra.sweeper.pruner.n_warmup_steps",
-        "+hydra.sweeper.pruner.lower=0.3", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.pruner=null",  # replace the config's pruner node (not merge into it)
+        "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.3}",
+        "hydra.sweeper.n_trials=2",
         "model.optimizer.lr=choice(1e-6,1e-2)",
     ]
     _mlcycle(tmp_path, *args)
@@ -176,7 +176,8 @@ def test_ddp_trials_in_a_sweep_report_and_are_pruned(tmp_path):
     got = {t.params["model.optimizer.lr"]: t for t in study.trials}
     assert got[1e-6].state.name == "PRUNED", {k: t.state.name for k, t in got.items()}
     assert got[1e-2].state.name == "COMPLETE"
-    assert list(got[1e-6].intermediate_values) == [6]  # rank 0 reported once, at its first validation
+    # rank 0 reported once, at its first validation: 6 batches of 64 on each of 2 ranks (samples)
+    assert list(got[1e-6].intermediate_values) == [6 * 64 * 2]
     assert len(got[1e-2].intermediate_values) == 2
     for number in (0, 1):
         job = sweep / str(number)

@@ -66,16 +66,17 @@ def test_prune_results_and_resume(tmp_path):
     # BruteForceSampler walks the choices in a fixed order; the threshold prunes only the tiny lr
     args = ["hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
             "~hydra.sweeper.sampler.n_startup_trials",
-            "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-            "~hydra.sweeper.pruner.n_startup_trials", "~hydra.sweeper.pruner.n_warmup_steps",
-            "+hydra.sweeper.pruner.lower=0.3", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.pruner=null",  # replace the config's pruner node (not merge into it)
+            "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.3}",
+            "hydra.sweeper.n_trials=2",
             "model.optimizer.lr=choice(1e-6,1e-2)"]
     proc = run_sweep(sweep, *args)
     storage = f"sqlite:///{sweep / 'optuna.db'}"
     study = load(storage, "digits_optuna")
     got = {t.params["model.optimizer.lr"]: t for t in study.trials}
     assert got[1e-6].state.name == "PRUNED" and got[1e-2].state.name == "COMPLETE"
-    assert list(got[1e-6].intermediate_values) == [6]  # stopped at its first validation
+    # stopped at its first validation; digits_optuna counts steps in samples: 6 batches of 64
+    assert list(got[1e-6].intermediate_values) == [6 * 64]
     assert len(got[1e-2].intermediate_values) == 2  # one report per validation
     assert "Trial 0 pruned" in proc.stderr + proc.stdout or "Trial 1 pruned" in proc.stderr
 
