@@ -70,6 +70,37 @@ def test_static_ptq_is_qdq_accurate_and_smaller(trained_cnn, tmp_path) -> None:
     assert onnx_latency_ms(q, (1, 8, 8), 4, repeats=3, warmup=1) > 0
 
 
+def test_files_carry_no_debug_metadata_and_no_zero_zero_points(trained_cnn, tmp_path) -> None:
+    """Deployed files hold no stack traces / local paths, and no all-zero weight zero points."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from lightning_mlcycle.compression.ptq import _reader
+
+    net, fp32, x, _ = trained_cnn
+    raw = fp32.read_bytes()
+    assert b"stack_trace" not in raw and b"test_quantization_ptq.py" not in raw
+    assert b"pkg.torch.onnx.name_scopes" in raw  # which module each node came from is kept
+    debug = to_onnx(net, x[:2], tmp_path / "debug.onnx", debug_metadata=True)
+    assert b"stack_trace" in debug.read_bytes() and file_size(debug) > file_size(fp32)
+
+    batches = [x[i : i + 32] for i in range(0, 128, 32)]
+    ours = quantize_static_onnx(fp32, tmp_path / "int8.onnx", batches, num_batches=4, preprocess=False,
+                                reduce_range=True)
+    plain = tmp_path / "plain.onnx"  # ONNX Runtime's quantizer alone, same settings
+    quantize_static(str(fp32), str(plain), _reader(fp32, batches, 4), quant_format=QuantFormat.QDQ,
+                    per_channel=True, reduce_range=True)
+    model = onnx.load(str(ours))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits and len(node.input) == 3:
+            assert inits[node.input[2]].any(), node.name
+    assert file_size(ours) < file_size(plain)
+    feed = {"input": x[:64].numpy()}
+    np.testing.assert_array_equal(session(ours).run(None, feed)[0], session(plain).run(None, feed)[0])
+
+
 def test_dynamic_ptq_linear_model(tmp_path) -> None:
     mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
     x = torch.randn(8, 64)

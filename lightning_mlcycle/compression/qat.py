@@ -228,8 +228,12 @@ def export_qat_onnx(
     """Convert ``prepared`` and write it as one int8 QDQ ONNX file (dynamic batch)."""
     from lightning_mlcycle._onnx import to_onnx
 
-    converted = convert_qat(prepared)
-    return to_onnx(converted, example_input.detach().cpu(), path)
+    from lightning_mlcycle._onnx import drop_zero_points
+
+    converted = convert_qat(prepared).cpu()
+    out = to_onnx(converted, example_input.detach().cpu(), path)
+    drop_zero_points(out)
+    return out
 
 
 def freeze_epoch(at: float | int | None, max_epochs: int | None) -> int | None:
@@ -501,14 +505,12 @@ class QuantizationAwareTraining(Callback):
         self, pl_module: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor | None = None
     ) -> Path:
         """Write the int8 QDQ ONNX model of the quantized sub-module (one file, dynamic batch)."""
-        from lightning_mlcycle._onnx import to_onnx
-
         example = example_input if example_input is not None else self.example_input
         if example is None:
             example = self._example
         if example is None:
             raise MLCycleError("`example_input` is needed to export (none was seen during fit).")
-        return to_onnx(self.convert(pl_module), example.detach().cpu()[:2], path)
+        return export_qat_onnx(self.quantized_module(pl_module), example.detach().cpu()[:2], path)
 
     @override
     def state_dict(self) -> dict[str, Any]:
