@@ -11,6 +11,8 @@ point of fp32 and not worse than PTQ.
 
 Run: ``python benchmarks/quantization.py [--quick]``. Prints a table per model, writes
 ``benchmarks/results/quantization.json``; the committed ``benchmarks/quantization.md`` is a copy.
+The ONNX files stay in ``--workdir``; ``--retime`` times them again (interleaved, on a quieter
+machine) without retraining and rewrites the JSON and the tables.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ OUT = Path(__file__).parent / "results"
 
 
 LIMIT: dict = {}  # limit_train_batches / limit_val_batches for a quick run on a busy machine
+SHAPES: dict = {}  # model name -> input shape (for --retime)
+REPEATS: dict = {}  # model name -> timed calls per variant
 
 
 def _trainer(epochs: int, callbacks=()) -> pl.Trainer:
@@ -64,7 +68,7 @@ def _eager(model, test, shape, repeats) -> dict:
     for x, y in test:
         correct += int((model(x).argmax(-1) == y).sum())
         total += int(y.numel())
-    row = {"accuracy": round(correct / total, 4)}
+    row = {"accuracy": round(correct / total, 4)} if total else {}
     for b in (1, 64):
         x = torch.randn(b, *shape)
         for _ in range(3):
@@ -79,10 +83,11 @@ def _eager(model, test, shape, repeats) -> dict:
 
 
 def bench(name: str, dm, make_backbone, *, epochs: int, qat_epochs: int, bin_epochs: int, lr: float,
-          repeats: int, workdir: Path) -> dict:
+          repeats: int, workdir: Path, rounds: int = 5) -> dict:
     dm.prepare_data()
     dm.setup("fit")
     shape = tuple(dm.input_shape)
+    SHAPES[name], REPEATS[name] = list(shape), repeats
     test, val = list(dm.test_dataloader()), dm.val_dataloader()
     if LIMIT.get("limit_val_batches"):
         test = test[: int(LIMIT["limit_val_batches"])]
@@ -96,6 +101,8 @@ def bench(name: str, dm, make_backbone, *, epochs: int, qat_epochs: int, bin_epo
     fp32_path = to_onnx(fp32, example, workdir / f"{name}_fp32.onnx")
     rows["fp32_eager"]["size_bytes"] = sum(p.numel() * 4 for p in fp32.state_dict().values()
                                            if p.is_floating_point())
+    torch.save(fp32, workdir / f"{name}_fp32.pt")  # for --retime
+    rows["fp32_eager"]["path"] = str(workdir / f"{name}_fp32.pt")
     # accuracy and size here; latency later, interleaved across the variants (the machine is shared)
     measure = lambda p: {**measure_onnx(p, test, shape, batch_sizes=(), threads=1), "path": str(p)}  # noqa: E731
     rows["fp32_ort"] = measure(fp32_path)
@@ -120,7 +127,7 @@ def bench(name: str, dm, make_backbone, *, epochs: int, qat_epochs: int, bin_epo
     brow["size_bytes"] = info["file_bytes"]  # what ships: packed bits (ORT runs it in fp32)
     brow["time_s"] = round(time.perf_counter() - t0, 1)
     rows["binarized_ort"] = brow
-    _interleaved_latency(rows, shape, repeats)
+    _interleaved_latency(rows, shape, repeats, rounds=rounds)
     add_ratios(rows, baseline="fp32_ort")
     print(f"\n## {name}\n\n{quantization_table(rows)}\n")
     return rows
@@ -130,7 +137,7 @@ def _interleaved_latency(rows: dict, shape: tuple, repeats: int, rounds: int = 5
     """Median latency per ONNX variant, timed in alternating rounds so load spikes hit all alike."""
     import numpy as np
 
-    sessions = {n: session(r.pop("path"), threads=1) for n, r in rows.items() if "path" in r}
+    sessions = {n: session(r["path"], threads=1) for n, r in rows.items() if str(r.get("path", "")).endswith(".onnx")}
     for b in (1, 64):
         x = np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32)
         times: dict[str, list[float]] = {n: [] for n in sessions}
@@ -156,6 +163,25 @@ def _digits_32() -> ArrayDataModule:
     return ArrayDataModule(x.numpy(), d.target, batch_size=64, leakage="ignore")
 
 
+def retime(out: str, rounds: int) -> dict:
+    """Re-measure the latency of the ONNX files a previous run left, keeping its other columns."""
+    data = json.loads((OUT / f"{out}.json").read_text())
+    for name, rows in data["results"].items():
+        shape = tuple(data["meta"]["shapes"][name])
+        repeats = data["meta"]["repeats"][name]
+        eager = rows.get("fp32_eager", {}).get("path")
+        if eager:  # the fp32 model saved as a whole module: time eager torch in the same rounds
+            model = torch.load(eager, weights_only=False).eval()
+            rows["fp32_eager"].update({k: v for k, v in _eager(model, [], shape, repeats).items()
+                                       if k.startswith("latency")})
+        onnx_rows = {k: r for k, r in rows.items() if str(r.get("path", "")).endswith(".onnx")}
+        _interleaved_latency(onnx_rows, shape, repeats, rounds=rounds)
+        add_ratios(rows, baseline="fp32_ort")
+        print(f"\n## {name}\n\n{quantization_table(rows)}\n")
+    data["meta"]["retimed"] = True
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats")
@@ -163,13 +189,23 @@ def main() -> None:
     parser.add_argument("--limit-batches", type=int, default=0,
                         help="train/val/test on this many batches per epoch (a busy machine)")
     parser.add_argument("--out", default="quantization", help="name of the JSON in benchmarks/results/")
+    parser.add_argument("--workdir", default=None, help="where the model files are written (default: a temp dir)")
+    parser.add_argument("--retime", action="store_true",
+                        help="only re-measure latency of the files of the last run named --out")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     args = parser.parse_args()
+    if args.retime:
+        torch.set_num_threads(1)
+        data = retime(args.out, args.rounds)
+        (OUT / f"{args.out}.json").write_text(json.dumps(data, indent=2))
+        return
     if args.limit_batches:
         LIMIT.update(limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches)
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     OUT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_quant_"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_quant_"))
+    workdir.mkdir(parents=True, exist_ok=True)
     q = args.quick
     results = {}
     if "cnn" in args.models:
@@ -186,6 +222,8 @@ def main() -> None:
             "torch": torch.__version__}
     meta["limit_batches"] = args.limit_batches
     meta["quick"] = q
+    meta["shapes"] = SHAPES
+    meta["repeats"] = REPEATS
     (OUT / f"{args.out}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = ["# Quantization benchmark", "", f"{meta['machine']}; torch {meta['torch']}. Latency: median ms. "
           "Ratios vs fp32 ONNX Runtime. Binarized size = bit-packed file.", ""]

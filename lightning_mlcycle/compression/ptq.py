@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lightning_mlcycle._errors import MLCycleError
-from lightning_mlcycle._onnx import drop_zero_points
+from lightning_mlcycle._onnx import compact_onnx
 from lightning_mlcycle._utils import check_choice, check_positive
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def quantize_static_onnx(
     finally:
         if preprocess and src != Path(model_path):
             src.unlink(missing_ok=True)
-    drop_zero_points(out)
+    compact_onnx(out)
     return out
 
 

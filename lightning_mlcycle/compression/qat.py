@@ -228,12 +228,8 @@ def export_qat_onnx(
     """Convert ``prepared`` and write it as one int8 QDQ ONNX file (dynamic batch)."""
     from lightning_mlcycle._onnx import to_onnx
 
-    from lightning_mlcycle._onnx import drop_zero_points
-
     converted = convert_qat(prepared).cpu()
-    out = to_onnx(converted, example_input.detach().cpu(), path)
-    drop_zero_points(out)
-    return out
+    return to_onnx(converted, example_input.detach().cpu(), path)  # compacted (no zero zero-points)
 
 
 def freeze_epoch(at: float | int | None, max_epochs: int | None) -> int | None:
