@@ -99,6 +99,8 @@ def test_bad_arguments_and_untraceable_models():
         structured_prune(nn.Linear(3, 2), x, ratio=0.5)  # wrong input width: forward fails
     with pytest.raises(ValueError, match="`rounds` must be an integer >= 1"):
         StructuredPruning(ratio=0.5, rounds=0)
+    with pytest.raises(ValueError, match=r"`lr_schedule` to be one of \['cosine', None\], but got 'step'"):
+        StructuredPruning(ratio=0.5, lr_schedule="step")
 
 
 def _module() -> ClassificationModule:
@@ -120,7 +122,7 @@ def _trainer(tmp_path, epochs, cb):
 
 def test_callback_prunes_in_rounds_and_resumes(tmp_path):
     module = _module()
-    cb = StructuredPruning(ratio=0.5, rounds=2, module="backbone", importance="taylor")
+    cb = StructuredPruning(ratio=0.5, rounds=2, every_n_epochs=1, module="backbone", importance="taylor")
     trainer = _trainer(tmp_path, 2, cb)
     trainer.fit(module, _loader())
     assert cb.rounds_done == 2
@@ -133,7 +135,7 @@ def test_callback_prunes_in_rounds_and_resumes(tmp_path):
     trainer.save_checkpoint(ckpt)
 
     fresh = _module()
-    cb2 = StructuredPruning(ratio=0.5, rounds=2, module="backbone", importance="taylor")
+    cb2 = StructuredPruning(ratio=0.5, rounds=2, every_n_epochs=1, module="backbone", importance="taylor")
     _trainer(tmp_path, 3, cb2).fit(fresh, _loader(), ckpt_path=ckpt)  # shapes replayed first
     assert fresh.backbone.features[0].out_channels == 4
     path = cb2.save(fresh, tmp_path / "b.pt")
@@ -171,3 +173,66 @@ def test_bad_compress_config_fails_before_training(compose_cfg, overrides, match
     with pytest.raises(ValueError, match=match):
         run(cfg)
     assert not (Path(cfg.run_dir) / "checkpoints").exists()  # nothing was trained
+
+
+class _LRs(pl.Callback):
+    """Records the learning rate of every optimizer step and the channels of the first conv."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_cosine_segment_after_every_round_and_on_resume(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(cb, lrs, **fit_kwargs):
+        module = ClassificationModule(SmallCNN(3, (1, 8, 8), width=8), num_classes=3,
+                                      optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+        every = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1)
+        trainer = pl.Trainer(max_epochs=5, callbacks=[cb, lrs, every], default_root_dir=tmp_path, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        trainer.fit(module, _loader(), **fit_kwargs)
+        return trainer
+
+    lrs = _LRs()
+    trainer = run(StructuredPruning(ratio=0.5, rounds=2, every_n_epochs=2, module="backbone"), lrs)
+    # 3 steps per epoch: rounds at epochs 0 and 2, segments of 2 epochs (6 steps) and 3 epochs (9)
+    first = [0.05 * (1 + np.cos(np.pi * k / 6)) for k in range(6)]
+    second = [0.05 * (1 + np.cos(np.pi * k / 9)) for k in range(9)]
+    np.testing.assert_allclose(lrs.lrs, first + second, rtol=1e-6)  # a warm restart at round 2
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+
+    lrs2 = _LRs()  # resumed after epoch 2 (the first of the last segment's 3 epochs)
+    run(StructuredPruning(ratio=0.5, rounds=2, every_n_epochs=2, module="backbone"), lrs2,
+        ckpt_path=tmp_path / "epoch=2.ckpt")
+    np.testing.assert_allclose(lrs2.lrs, second[3:], rtol=1e-6)  # the rest of the segment, not a restart
+
+
+def test_constant_lr_without_schedule_and_warning_when_rounds_do_not_fit(tmp_path, caplog):
+    module = ClassificationModule(SmallCNN(3, (1, 8, 8), width=8), num_classes=3,
+                                  optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    cb = StructuredPruning(ratio=0.5, module="backbone", lr_schedule=None)  # rounds at epochs 0, 2, 4
+    lrs = _LRs()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[cb, lrs], default_root_dir=tmp_path, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         enable_checkpointing=False)
+    with caplog.at_level("WARNING", logger="lightning_mlcycle.compression.structured_pruning"):
+        trainer.fit(module, _loader())
+    assert "the last of 3 rounds is at epoch 4 but max_epochs=3" in caplog.text
+    assert cb.rounds_done == 2 and lrs.lrs == [0.1] * 9
+
+
+def test_prunes_the_student_of_a_distillation(tmp_path):
+    from lightning_mlcycle.compression import DistillationModule
+
+    teacher = SmallCNN(3, (1, 8, 8), width=8)
+    module = DistillationModule(teacher, SmallCNN(3, (1, 8, 8), width=8), input_shape=(1, 8, 8), alpha=0.5)
+    cb = StructuredPruning(ratio=0.5, rounds=1, module="student")
+    _trainer(tmp_path, 2, cb).fit(module, _loader())
+    assert module.student.features[0].out_channels == 4  # the student lost half its channels
+    assert teacher.features[0].out_channels == 8  # the teacher is whole and frozen
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
