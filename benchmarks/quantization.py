@@ -48,6 +48,7 @@ OUT = Path(__file__).parent / "results"
 LIMIT: dict = {}  # limit_train_batches / limit_val_batches for a quick run on a busy machine
 SHAPES: dict = {}  # model name -> input shape (for --retime)
 REPEATS: dict = {}  # model name -> timed calls per variant
+PROFILE = False  # --profile: per-op-type time of the ONNX variants (with --retime)
 
 
 def _trainer(epochs: int, callbacks=()) -> pl.Trainer:
@@ -163,6 +164,31 @@ def _digits_32() -> ArrayDataModule:
     return ArrayDataModule(x.numpy(), d.target, batch_size=64, leakage="ignore")
 
 
+def op_profile(path: str, shape: tuple, batch: int = 64, runs: int = 50) -> dict[str, float]:
+    """Median microseconds per op type of one ONNX Runtime run (its own profiler, one thread)."""
+    import collections
+
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.enable_profiling = 1, True
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    for _ in range(runs):
+        sess.run(None, {sess.get_inputs()[0].name: x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_node: dict = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[(e["args"]["op_name"], e["name"])].append(e["dur"])
+    per_op: dict[str, float] = collections.defaultdict(float)
+    for (op, _), durs in per_node.items():
+        per_op[op] += statistics.median(durs)
+    return dict(sorted(per_op.items(), key=lambda kv: -kv[1]))
+
+
 def retime(out: str, rounds: int) -> dict:
     """Re-measure the latency of the ONNX files a previous run left, keeping its other columns."""
     data = json.loads((OUT / f"{out}.json").read_text())
@@ -178,6 +204,11 @@ def retime(out: str, rounds: int) -> dict:
         _interleaved_latency(onnx_rows, shape, repeats, rounds=rounds)
         add_ratios(rows, baseline="fp32_ort")
         print(f"\n## {name}\n\n{quantization_table(rows)}\n")
+        if PROFILE:
+            data.setdefault("op_profile_b64_us", {})[name] = prof = {
+                k: op_profile(rows[k]["path"], shape) for k in ("fp32_ort", "int8_ptq_ort", "int8_qat_ort") if k in rows}
+            for k, ops in prof.items():
+                print(f"{k}: " + ", ".join(f"{op} {us:.0f} us" for op, us in ops.items()))
     data["meta"]["retimed"] = True
     return data
 
@@ -193,7 +224,10 @@ def main() -> None:
     parser.add_argument("--retime", action="store_true",
                         help="only re-measure latency of the files of the last run named --out")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--profile", action="store_true", help="with --retime: time per op type at batch 64")
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     if args.retime:
         torch.set_num_threads(1)
         data = retime(args.out, args.rounds)
