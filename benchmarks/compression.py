@@ -1,26 +1,32 @@
 """Compression benchmark: Lightning's ModelPruning vs ours, channel pruning, low rank, side by side.
 
-Run: ``python benchmarks/compression.py`` (add ``--train-resnet`` on a machine with time to spare).
+Run: ``python benchmarks/compression.py --train-resnet`` (~15 minutes on one 2-core CPU thread;
+without ``--train-resnet`` resnet18 is only sized and timed).
 
 Protocol (one run, same data split, same seed, same optimizer for every row):
-1. Train the dense model (``--epochs``).
-2. From those weights, fine-tune each variant for ``--fine-tune-epochs`` epochs:
+1. Train the dense model (``--epochs``; resnet18: ``--resnet-epochs`` with a cosine schedule, so
+   a few epochs reach a converged model on a CPU).
+2. From those weights, fine-tune each variant for ``--fine-tune-epochs`` epochs (resnet18:
+   ``--resnet-fine-tune-epochs``):
    - ``lightning ModelPruning``: ``l1_unstructured``, global, 90% at the first epoch, Lightning's
      defaults otherwise (lottery-ticket reset on, made permanent at the end), on the same
      Linear/Conv weights as ours;
    - ``ours one-shot`` / ``ours gradual``: ``MagnitudePruning(0.9)`` one-shot, and along the
      Zhu & Gupta ramp with the last epoch fine-tuning only;
-   - ``structured 50%``: ``StructuredPruning(ratio=0.5, importance="taylor")`` (half the channels
-     of every layer);
+   - ``structured 50%``: ``StructuredPruning(ratio=0.5)`` with the callback's defaults (3 rounds
+     2 epochs apart, magnitude importance, a cosine learning-rate segment after every round; half
+     the channels of every layer) for ``--structured-epochs`` epochs. On the digits CNN this row
+     is repeated for every seed of ``--seeds`` (a fresh dense model each): mean and min of the
+     accuracy change, since the test split has 268 images (one image = 0.37 points);
    - ``low rank 50%``: ``LowRankFactorization(compression=0.5, allocation="global")`` (half the
      Linear/Conv weights; classifier kept whole).
+   resnet18 skips the gradual row (the one-shot row is the one compared with Lightning).
 3. Resume check (digits CNN): save a checkpoint after each 90% run and train one more epoch from
    it; report the sparsity after resuming.
 4. Latency: eager CPU, median of interleaved rounds (every model timed in each round), batch 1
    and batch 32, at the training input size; resnet18 also at 3x32x32.
 
-Without ``--train-resnet`` resnet18 rows report size, MACs and latency only (training resnet18
-for several epochs on a 2-core shared CPU does not fit a benchmark run); accuracies are "n/a".
+Without ``--train-resnet`` resnet18 rows report size, MACs and latency only; accuracies are "n/a".
 Writes ``benchmarks/results/compression.json`` and prints a Markdown table.
 """
 
@@ -55,8 +61,11 @@ from lightning_mlcycle.models.zoo import SmallCNN, resnet18
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _module(backbone: nn.Module, lr: float) -> ClassificationModule:
-    return ClassificationModule(backbone, num_classes=10, optimizer=lambda p: torch.optim.AdamW(p, lr=lr))
+def _module(backbone: nn.Module, lr: float, cosine_epochs: int | None = None) -> ClassificationModule:
+    scheduler = (lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cosine_epochs)) \
+        if cosine_epochs else None
+    return ClassificationModule(backbone, num_classes=10, optimizer=lambda p: torch.optim.AdamW(p, lr=lr),
+                                scheduler=scheduler)
 
 
 def _fit(module: ClassificationModule, dm: DigitsDataModule, epochs: int, callbacks: list, root: str,
@@ -83,39 +92,83 @@ def _latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int, r
     return interleaved_latency(models, example, rounds=rounds, repeats=repeats)
 
 
+def _structured() -> StructuredPruning:
+    # the callback's defaults: 3 rounds 2 epochs apart, magnitude, cosine segments
+    return StructuredPruning(0.5, module="backbone")
+
+
+def _train_dense(build: Any, dm: DigitsDataModule, epochs: int, lr: float, cosine: bool, seed: int,
+                 root: str) -> ClassificationModule:
+    pl.seed_everything(seed, verbose=False)
+    dense = _module(build(), lr, epochs if cosine else None)
+    _fit(dense, dm, epochs, [], root)
+    return dense
+
+
+def structured_over_seeds(build: Any, dm: DigitsDataModule, args: argparse.Namespace,
+                          main_rows: dict | None = None) -> dict:
+    """The structured 50% row for each seed: a fresh dense model, then the pruned fine-tune."""
+    root = tempfile.mkdtemp(prefix="bench_seeds_")
+    test = dm.test_dataloader()
+    per_seed = {}
+    for seed in args.seeds:
+        if main_rows and seed == args.seed:  # the main table already ran this seed
+            before, after = main_rows["dense"]["accuracy"], main_rows["structured 50% channels"]["accuracy"]
+            per_seed[seed] = {"dense": before, "structured": after,
+                              "delta_points": round(100 * (after - before), 2)}
+            continue
+        dense = _train_dense(build, dm, args.epochs, args.lr, False, seed, root)
+        torch.manual_seed(seed)
+        module = _module(copy.deepcopy(dense.backbone).train(), args.ft_lr)
+        _fit(module, dm, args.structured_epochs, [_structured()], root)
+        before, after = accuracy(dense.backbone, test), accuracy(module.backbone, test)
+        per_seed[seed] = {"dense": round(before, 4), "structured": round(after, 4),
+                          "delta_points": round(100 * (after - before), 2)}
+    deltas = [r["delta_points"] for r in per_seed.values()]
+    return {"per_seed": per_seed, "mean_delta_points": round(sum(deltas) / len(deltas), 2),
+            "min_delta_points": min(deltas), "epochs": args.structured_epochs}
+
+
 def bench_model(name: str, build: Any, dm: DigitsDataModule, args: argparse.Namespace, train: bool) -> dict:
-    torch.manual_seed(args.seed)
     root = tempfile.mkdtemp(prefix=f"bench_{name}_")
-    dense = _module(build(), args.lr)
+    resnet = name == "resnet18"
+    epochs = args.resnet_epochs if resnet else args.epochs
     t0 = time.perf_counter()
     if train:
-        _fit(dense, dm, args.epochs, [], root)
+        dense = _train_dense(build, dm, epochs, args.lr, resnet, args.seed, root)
+    else:
+        torch.manual_seed(args.seed)
+        dense = _module(build(), args.lr)
     train_s = time.perf_counter() - t0
     test = dm.test_dataloader()
     rows: dict[str, dict[str, Any]] = {}
     models: dict[str, nn.Module] = {"dense": dense.backbone}
     shape = tuple(dm.input_shape)
 
-    def variant(label: str, callbacks_fn: Any) -> pl.Trainer:
+    ft = args.resnet_fine_tune_epochs if resnet else args.fine_tune_epochs
+
+    def variant(label: str, callbacks_fn: Any, epochs: int = ft) -> pl.Trainer:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {label}", file=sys.stderr, flush=True)
         torch.manual_seed(args.seed)
-        module = _module(copy.deepcopy(dense.backbone), args.ft_lr)
-        trainer = _fit(module, dm, args.fine_tune_epochs, callbacks_fn(module), root)
+        # train mode: Lightning keeps the modes it is given, and the latency/report code puts the
+        # dense model in eval mode (BatchNorm statistics would stay frozen during the fine-tune)
+        module = _module(copy.deepcopy(dense.backbone).train(), args.ft_lr)
+        trainer = _fit(module, dm, epochs, callbacks_fn(module), root)
         models[label] = module.backbone
         return trainer
 
-    ft = args.fine_tune_epochs
     if train:
         lit = variant("lightning ModelPruning 90%", lambda m: [_lightning_pruning(m)])
         one = variant("ours one-shot 90%", lambda m: [MagnitudePruning(0.9, schedule="one_shot")])
-        variant("ours gradual 90%", lambda m: [MagnitudePruning(0.9, schedule="gradual", every_n_steps=5,
-                                                                fine_tune_epochs=max(ft // 3, 1))])
+        if not resnet:
+            variant("ours gradual 90%", lambda m: [MagnitudePruning(
+                0.9, schedule="gradual", every_n_steps=5, fine_tune_epochs=max(ft // 3, 1))])
     example = torch.zeros(1, *shape)
     # structured and low rank change the architecture: with no training they are applied directly
     head = output_layer(dense.backbone.eval(), example)
     head_name = next(n for n, m in dense.backbone.named_modules() if m is head)
     if train:
-        variant("structured 50% channels", lambda m: [StructuredPruning(0.5, module="backbone",
-                                                                        importance="taylor")])
+        variant("structured 50% channels", lambda m: [_structured()], args.structured_epochs)
         variant("low rank 50% weights", lambda m: [LowRankFactorization(
             compression=0.5, module="backbone", exclude=[head_name], allocation="global")])
     else:
@@ -129,15 +182,17 @@ def bench_model(name: str, build: Any, dm: DigitsDataModule, args: argparse.Name
 
     factor_types = (nn.Linear, nn.Conv2d)
     dense_lc = sum(m.weight.numel() for m in dense.backbone.modules() if isinstance(m, factor_types))
-    lat1 = _latency(models, example, args.rounds, args.repeats)
-    lat32 = _latency(models, torch.zeros(32, *shape), args.rounds, max(args.repeats // 4, 1))
+    # resnet18 is ~20x the CNN's cost per pass: fewer passes per round keep the run short
+    repeats = max(args.repeats // 4, 1) if resnet else args.repeats
+    lat1 = _latency(models, example, args.rounds, repeats)
+    lat32 = _latency(models, torch.zeros(32, *shape), args.rounds, max(repeats // 4, 1))
     lat_big: dict[str, float] = {}
     if name == "resnet18":  # the usual CIFAR-size input, same models rebuilt for 3 channels
         big = {"dense": resnet18(10, (3, 32, 32))}
         s = copy.deepcopy(big["dense"]).eval()
         structured_prune(s, torch.zeros(1, 3, 32, 32), ratio=0.5)
         big["structured 50% channels"] = s
-        lat_big = _latency(big, torch.zeros(1, 3, 32, 32), args.rounds, max(args.repeats // 4, 1))
+        lat_big = _latency(big, torch.zeros(1, 3, 32, 32), args.rounds, repeats)
     for label, m in models.items():
         params, nonzero = count_params(m)
         lc = sum(p.numel() for mod in m.modules() if isinstance(mod, factor_types) for p in [mod.weight])
@@ -159,11 +214,13 @@ def bench_model(name: str, build: Any, dm: DigitsDataModule, args: argparse.Name
     if train:
         for label in rows:
             rows[label]["accuracy_delta"] = round(rows[label]["accuracy"] - rows["dense"]["accuracy"], 4)
+    if train and not resnet:  # the resume check needs the model once: the digits CNN
         rows["lightning ModelPruning 90%"]["sparsity_after_resume"] = _resume(
             lit, dense.backbone, dm, root, ours=False, args=args)
         rows["ours one-shot 90%"]["sparsity_after_resume"] = _resume(
             one, dense.backbone, dm, root, ours=True, args=args)
-    return {"rows": rows, "dense_train_s": round(train_s, 1), "input_shape": list(shape), "trained": train}
+    return {"rows": rows, "dense_train_s": round(train_s, 1), "dense_epochs": epochs if train else 0,
+            "fine_tune_epochs": ft, "input_shape": list(shape), "trained": train}
 
 
 def _lightning_pruning(module: nn.Module) -> ModelPruning:
@@ -179,7 +236,7 @@ def _resume(trainer: pl.Trainer, dense: nn.Module, dm: DigitsDataModule, root: s
     return the sparsity after (Lightning's masks are not in its checkpoints: zeros regrow)."""
     path = str(Path(root) / f"resume_{'ours' if ours else 'lightning'}.ckpt")
     trainer.save_checkpoint(path)
-    fresh = _module(copy.deepcopy(dense), args.ft_lr)
+    fresh = _module(copy.deepcopy(dense).train(), args.ft_lr)
     cb = MagnitudePruning(0.9, schedule="one_shot") if ours else _lightning_pruning(fresh)
     _fit(fresh, dm, args.fine_tune_epochs + 1, [cb], root, ckpt_path=path)
     return round(_sparsity(fresh.backbone), 4)
@@ -193,12 +250,22 @@ def _table(results: dict) -> str:
     for model, res in results["models"].items():
         rows = res["rows"]
         used = [c for c in cols if any(c in r for r in rows.values())]
-        out.append(f"\n### {model} (input {res['input_shape']}, trained: {res['trained']})\n")
+        out.append(f"\n### {model} (input {res['input_shape']}, trained: {res['trained']}, dense epochs "
+                   f"{res.get('dense_epochs')}, fine-tune epochs {res.get('fine_tune_epochs')}, structured "
+                   f"epochs {results['structured_epochs']})\n")
         out.append("| variant | " + " | ".join(used) + " |")
         out.append("|---" * (len(used) + 1) + "|")
         for label, r in rows.items():
             cells = ["n/a" if r.get(c, "") is None else str(r.get(c, "")) for c in used]
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+    seeds = results.get("structured_over_seeds")
+    if seeds:
+        out.append(f"\n### cnn, structured 50% channels over seeds ({seeds['epochs']} epochs each)\n")
+        out.append("| seed | dense accuracy | structured accuracy | change (points) |")
+        out.append("|---|---|---|---|")
+        for seed, r in seeds["per_seed"].items():
+            out.append(f"| {seed} | {r['dense']} | {r['structured']} | {r['delta_points']} |")
+        out.append(f"| mean / min | | | {seeds['mean_delta_points']} / {seeds['min_delta_points']} |")
     return "\n".join(out)
 
 
@@ -207,6 +274,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", default=["cnn", "resnet18"], choices=["cnn", "resnet18"])
     parser.add_argument("--epochs", type=int, default=15, help="dense training epochs")
     parser.add_argument("--fine-tune-epochs", type=int, default=8, help="epochs of every compressed variant")
+    parser.add_argument("--structured-epochs", type=int, default=8,
+                        help="epochs of the structured variant (3 rounds 2 epochs apart, then fine-tuning)")
+    parser.add_argument("--resnet-epochs", type=int, default=8, help="resnet18 dense epochs (cosine schedule)")
+    parser.add_argument("--resnet-fine-tune-epochs", type=int, default=3,
+                        help="epochs of resnet18's magnitude and low-rank variants")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="seeds of the repeated structured row on the digits CNN (none: skip it)")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate of the dense training")
     parser.add_argument("--ft-lr", type=float, default=1e-3, help="AdamW learning rate of every fine-tune")
     parser.add_argument("--seed", type=int, default=0)
@@ -224,10 +298,13 @@ def main(argv: list[str] | None = None) -> dict:
         "resnet18": lambda: resnet18(10, dm.input_shape),
     }
     results: dict[str, Any] = {"argv": sys.argv[1:], "torch": torch.__version__, "threads": args.threads,
-                               "models": {}}
+                               "structured_epochs": args.structured_epochs, "models": {}}
     for name in args.models:
         train = name == "cnn" or args.train_resnet
         results["models"][name] = bench_model(name, builders[name], dm, args, train)
+    if "cnn" in args.models and args.seeds:
+        results["structured_over_seeds"] = structured_over_seeds(builders["cnn"], dm, args,
+                                                                 results["models"]["cnn"]["rows"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "compression.json").write_text(json.dumps(results, indent=2))
     print(_table(results))

@@ -162,6 +162,8 @@ def test_prune_configs_build_their_callbacks(compose_cfg, option, cls):
     [
         (["compress.prune.callback.sparsity=1.5"], r"Config `compress.prune.callback`: `sparsity` must be in \[0, 1\)"),
         (["compress.prune.fine_tune_epochs=0"], r"`compress.prune.fine_tune_epochs` must be an integer >= 1"),
+        (["compress/prune=structured", "compress.prune.fine_tune_epochs=4"],
+         r"the last of 3 rounds is at epoch 4 .*, but fine_tune_epochs=4"),
         (["compress/lowrank=default", "compress.lowrank.callback.module=body"],
          r"`compress.lowrank.callback.module` must be 'backbone'"),
     ],
@@ -236,3 +238,33 @@ def test_prunes_the_student_of_a_distillation(tmp_path):
     assert teacher.features[0].out_channels == 8  # the teacher is whole and frozen
     assert not any(p.requires_grad for p in teacher.parameters())
     assert module(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+
+
+class _Modes(pl.Callback):
+    def __init__(self) -> None:
+        self.training: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.training.append(all(m.training for m in pl_module.backbone.modules()))
+
+
+def test_stage_fine_tunes_in_train_mode_even_from_an_eval_model(tmp_path):
+    # Lightning keeps the modes it is given: a tested (eval-mode) backbone must not be fine-tuned
+    # with frozen BatchNorm statistics and no dropout
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lightning_mlcycle import DigitsDataModule
+    from lightning_mlcycle.cli.stages.compress import _fine_tune
+
+    dm = DigitsDataModule(batch_size=256, seed=0)
+    dm.setup()
+    model = ClassificationModule(SmallCNN(10, dm.input_shape, width=4, dropout=0.1), num_classes=10).eval()
+    cfg = OmegaConf.create({"compress": {"prune": {"fine_tune_epochs": 1, "lr": 1e-3}},
+                            "trainer": {"accelerator": "cpu", "enable_progress_bar": False}})
+    ctx = SimpleNamespace(cfg=cfg, datamodule=dm, model=model, artifacts={}, run_dir=tmp_path)
+    modes = _Modes()
+    _fine_tune(ctx, "compress.prune", modes)  # type: ignore[arg-type]
+    assert modes.training and all(modes.training)
+    assert not model.backbone.training  # the tested model itself is left as it was

@@ -47,7 +47,10 @@ def _fine_tune(ctx: RunContext, node: str, callback: pl.Callback) -> Classificat
     """Fit a copy of the tested backbone for ``<node>.fine_tune_epochs`` with ``callback``."""
     cfg = OmegaConf.select(ctx.cfg, node)
     dm = ctx.datamodule
-    backbone = copy.deepcopy(ctx.model.backbone).cpu()
+    # train mode: Lightning (>= 2.2) keeps the modes it is given, and the tested backbone may be in
+    # eval mode (test stage, reports); fine-tuning it so would freeze BatchNorm's statistics at
+    # the dense model's while channels are removed or layers replaced, and switch dropout off
+    backbone = copy.deepcopy(ctx.model.backbone).cpu().train()
     lr = float(cfg.get("lr", 1e-3))
     epochs = int(cfg.get("fine_tune_epochs", 1))
     if epochs < 1:
@@ -147,6 +150,12 @@ def compress_check_stage(ctx: RunContext) -> None:
         if not isinstance(epochs, int) or epochs < 1:
             raise MLCycleError(f"`{node}.fine_tune_epochs` must be an integer >= 1 (the transform runs in "
                                f"the first epoch), but got {epochs!r}.")
+        if isinstance(cb, StructuredPruning):
+            last = cb.start_epoch + (cb.rounds - 1) * cb.every_n_epochs
+            if last >= epochs:  # the fine-tune would end before the target ratio is reached
+                raise MLCycleError(f"`{node}.fine_tune_epochs` must exceed the epoch of the last pruning "
+                                   f"round: the last of {cb.rounds} rounds is at epoch {last} (start_epoch + "
+                                   f"(rounds - 1) * every_n_epochs), but fine_tune_epochs={epochs}.")
         if node != "compress.prune" or isinstance(cb, StructuredPruning):
             if getattr(cb, "module", None) != "backbone":
                 raise MLCycleError(f"`{node}.callback.module` must be 'backbone' in mlcycle, "
