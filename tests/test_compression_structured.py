@@ -268,3 +268,16 @@ def test_stage_fine_tunes_in_train_mode_even_from_an_eval_model(tmp_path):
     _fine_tune(ctx, "compress.prune", modes)  # type: ignore[arg-type]
     assert modes.training and all(modes.training)
     assert not model.backbone.training  # the tested model itself is left as it was
+
+
+def test_rounds_land_on_the_one_shot_channel_counts(tmp_path):
+    # 3 rounds of 1/6 each would keep int(int(int(32 * 5/6) * 4/5) * 3/4) = 15 of 32 channels if
+    # every round rounded down the model as it is; aiming at the unpruned widths keeps 16
+    module = ClassificationModule(SmallCNN(3, (1, 8, 8), width=32), num_classes=3)
+    cb = StructuredPruning(ratio=0.5, rounds=3, every_n_epochs=1, module="backbone")
+    _trainer(tmp_path, 3, cb).fit(module, _loader())
+    one_shot = SmallCNN(3, (1, 8, 8), width=32).eval()
+    structured_prune(one_shot, torch.zeros(1, 1, 8, 8), ratio=0.5)
+    widths = [m.out_channels for m in module.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [m.out_channels for m in one_shot.modules() if isinstance(m, nn.Conv2d)] == [16, 32, 32]
+    assert cb.state_dict()["widths"]["features.0"] == 32

@@ -128,6 +128,7 @@ def _build_pruner(
     ignored: list[nn.Module],
     global_pruning: bool,
     round_to: int | None,
+    ratio_dict: dict[nn.Module, float] | None = None,
 ) -> Any:
     import torch_pruning as tp
 
@@ -137,6 +138,7 @@ def _build_pruner(
             example_inputs,
             importance=_importance(importance),
             pruning_ratio=ratio,
+            pruning_ratio_dict=ratio_dict or None,
             iterative_steps=iterative_steps,
             ignored_layers=ignored,
             global_pruning=global_pruning,
@@ -171,6 +173,30 @@ def _taylor_grads(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]] | 
         loss_fn(model(x), y).backward()
 
 
+def _out_channels(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return int(module.out_channels)
+    return None
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Linear/Conv layer, by module name."""
+    widths = {name: _out_channels(m) for name, m in model.named_modules()}
+    return {name: w for name, w in widths.items() if name and w is not None}
+
+
+def _ratio_dict(model: nn.Module, keep: Mapping[str, int]) -> dict[nn.Module, float]:
+    # Torch-Pruning keeps int(channels * (1 - ratio)); aiming at keep + 0.5 makes that exactly `keep`
+    out: dict[nn.Module, float] = {}
+    for name, m in model.named_modules():
+        width = _out_channels(m)
+        if name in keep and width:
+            out[m] = min(max(1.0 - (keep[name] + 0.5) / width, 0.0), 0.99)
+    return out
+
+
 def prune_round(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -185,11 +211,14 @@ def prune_round(
     loss_fn: LossFn = F.cross_entropy,
     taylor_batches: int = 4,
     max_ratio: float = 0.95,
+    keep_channels: Mapping[str, int] | None = None,
 ) -> History:
     """Remove channels once, in place, and return the pruning history.
 
     Removes a share ``ratio`` of each group's channels (of the model as it is now), or as many as
-    needed to reach ``target_macs``.
+    needed to reach ``target_macs``. ``keep_channels`` (layer name -> output channels to keep)
+    overrides ``ratio`` for the layers it names, so iterative rounds land exactly on the channel
+    counts of one-shot pruning instead of compounding each round's rounding down.
     """
     if (ratio is None) == (target_macs is None):
         raise MLCycleError("Give exactly one of `ratio` and `target_macs`.")
@@ -204,9 +233,10 @@ def prune_round(
             check_fraction("ratio", ratio)
             if ratio == 0:
                 return []
+            ratio_dict = _ratio_dict(model, keep_channels) if keep_channels and not global_pruning else None
             pruner = _build_pruner(model, example_inputs, ratio=ratio, importance=importance,
                                    iterative_steps=1, ignored=ignored, global_pruning=global_pruning,
-                                   round_to=round_to)
+                                   round_to=round_to, ratio_dict=ratio_dict)
             if importance == "taylor":
                 _taylor_grads(model, batches, loss_fn, taylor_batches)
             pruner.step()
@@ -455,6 +485,7 @@ class StructuredPruning(Callback):
         self.loss_fn = loss_fn or F.cross_entropy
         self.lr_schedule = lr_schedule
         self.history: History = []
+        self.widths: dict[str, int] = {}
         self.rounds_done = 0
         self.macs_before: int | None = None
         self.macs_after: int | None = None
@@ -586,7 +617,12 @@ class StructuredPruning(Callback):
             self.macs_before = macs
         if self.ratio is not None:
             done, goal = self.ratio_after_round(k - 1), self.ratio_after_round(k)
-            kwargs: dict[str, Any] = {"ratio": 1.0 - (1.0 - goal) / (1.0 - done)}
+            if not self.widths:  # the unpruned widths: every round aims at a share of them
+                self.widths = layer_widths(model)
+            kwargs: dict[str, Any] = {
+                "ratio": 1.0 - (1.0 - goal) / (1.0 - done),
+                "keep_channels": {n: int(w * (1.0 - goal)) for n, w in self.widths.items()},
+            }
         else:
             final = self.target_macs * self.macs_before if self.target_macs <= 1 else self.target_macs  # type: ignore[operator]
             kwargs = {"target_macs": int(self.macs_before - (self.macs_before - final) * k / self.rounds)}
@@ -622,7 +658,7 @@ class StructuredPruning(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "rounds_done": self.rounds_done,
                 "input_shape": getattr(self, "_input_shape", None), "macs_before": self.macs_before,
-                "macs_after": self.macs_after}
+                "macs_after": self.macs_after, "widths": dict(self.widths)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -632,3 +668,4 @@ class StructuredPruning(Callback):
             self._input_shape = list(state_dict["input_shape"])
         self.macs_before = state_dict.get("macs_before")
         self.macs_after = state_dict.get("macs_after")
+        self.widths = {str(k): int(v) for k, v in (state_dict.get("widths") or {}).items()}
