@@ -53,7 +53,12 @@ from lightning_mlcycle.compression import (
     StructuredPruning,
     structured_prune,
 )
-from lightning_mlcycle.compression._report import accuracy, count_macs, count_params, interleaved_latency
+from lightning_mlcycle.compression._report import (
+    accuracy,
+    count_macs,
+    count_params,
+    interleaved_latency,
+)
 from lightning_mlcycle.compression.structured_pruning import output_layer
 from lightning_mlcycle.models import ClassificationModule
 from lightning_mlcycle.models.zoo import SmallCNN, resnet18
