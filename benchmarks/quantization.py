@@ -173,12 +173,15 @@ def op_profile(path: str, shape: tuple, batch: int = 64, runs: int = 50) -> dict
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.enable_profiling = 1, True
+    opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort_profile_")) / "run")  # not in the cwd
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
     for _ in range(runs):
         sess.run(None, {sess.get_inputs()[0].name: x})
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    profile = Path(sess.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
     per_node: dict = collections.defaultdict(list)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
