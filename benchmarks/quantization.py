@@ -203,8 +203,7 @@ def retime(out: str, rounds: int) -> dict:
             model = torch.load(eager, weights_only=False).eval()
             rows["fp32_eager"].update({k: v for k, v in _eager(model, [], shape, repeats).items()
                                        if k.startswith("latency")})
-        onnx_rows = {k: r for k, r in rows.items() if str(r.get("path", "")).endswith(".onnx")}
-        _interleaved_latency(onnx_rows, shape, repeats, rounds=rounds)
+        _interleaved_latency(rows, shape, repeats, rounds=rounds)  # times the rows with an .onnx path
         add_ratios(rows, baseline="fp32_ort")
         print(f"\n## {name}\n\n{quantization_table(rows)}\n")
         if PROFILE:

@@ -172,39 +172,32 @@ def compact_onnx(path: str | os.PathLike[str]) -> dict[str, int]:
     return removed
 
 
-def _used_names(graph: Any) -> set[str]:
-    """Every tensor name a node of ``graph`` or of its subgraphs reads, and the graph outputs."""
+def _nodes(graph: Any) -> Any:
+    """Every node of an ONNX ``GraphProto`` and of the subgraphs in its nodes' attributes."""
     import onnx
 
-    used = {o.name for o in graph.output}
     for node in graph.node:
-        used.update(node.input)
+        yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                used |= _used_names(attr.g)
+                yield from _nodes(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
-                    used |= _used_names(g)
+                    yield from _nodes(g)
+
+
+def _used_names(graph: Any) -> set[str]:
+    """Every tensor name a node of ``graph`` or of its subgraphs reads, and the graph outputs."""
+    used = {o.name for o in graph.output}
+    for node in _nodes(graph):
+        used.update(node.input)
     return used
 
 
 def _used_domains(model: Any) -> set[str]:
     """The operator domains the nodes of ``model`` (graph, subgraphs, local functions) use."""
-    import onnx
-
     domains = {f.domain for f in model.functions}
-
-    def visit(nodes: Any) -> None:
-        for node in nodes:
-            domains.add(node.domain)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g.node)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        visit(g.node)
-
-    visit(model.graph.node)
+    domains.update(node.domain for node in _nodes(model.graph))
     for function in model.functions:
-        visit(function.node)
+        domains.update(node.domain for node in function.node)
     return domains

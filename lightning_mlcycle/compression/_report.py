@@ -53,16 +53,21 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     Zeros inside dense weights still count: an unstructured-sparse model costs the dense MACs
     unless a sparse kernel runs it; structural pruning, low rank and compact convs reduce them.
     """
+    return count_macs_params(model, example)[0]
+
+
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """MACs and parameters of one forward pass (Torch-Pruning's counter, eval mode)."""
     import torch_pruning as tp
 
-    was_training = model.training
+    was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            macs, _ = tp.utils.count_ops_and_params(model, example)
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     finally:
-        model.train(was_training)
-    return int(macs)
+        model.train(was)
+    return int(macs), int(params)
 
 
 def serialized_size(model: nn.Module) -> tuple[int, int]:

@@ -18,6 +18,7 @@ cannot go through the dynamo ONNX exporter (pytorch/pytorch #167063): export onl
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import os
@@ -86,19 +87,14 @@ def make_quantizer(backend: str = "onnxruntime", *, reduce_range: bool | None = 
     return _onnxruntime_quantizer_class()().set_global(config)
 
 
-_ORT_QUANTIZER: Any = None
-
-
+@functools.cache
 def _onnxruntime_quantizer_class() -> type:
     """``OnnxRuntimeQuantizer``, defined on first use so torchao is imported only when needed."""
-    global _ORT_QUANTIZER
-    if _ORT_QUANTIZER is not None:
-        return _ORT_QUANTIZER
     from torch.fx import Node
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY as key
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
-    key = "quantization_annotation"  # the PT2E annotation contract (Node.meta key)
     adds = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
 
     class OnnxRuntimeQuantizer(X86InductorQuantizer):
@@ -124,7 +120,6 @@ def _onnxruntime_quantizer_class() -> type:
                         ann.input_qspec_map[arg] = specs[0]
             return model
 
-    _ORT_QUANTIZER = OnnxRuntimeQuantizer
     return OnnxRuntimeQuantizer
 
 

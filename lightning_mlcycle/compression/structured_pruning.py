@@ -31,6 +31,7 @@ from typing_extensions import override
 
 from lightning_mlcycle._errors import MLCycleError
 from lightning_mlcycle._utils import check_choice, check_fraction
+from lightning_mlcycle.compression._report import count_macs_params
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +78,6 @@ def _resolve(model: nn.Module, names: Sequence[str] | None) -> list[nn.Module]:
         valid = [n for n, m in modules.items() if n and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
         raise MLCycleError(f"`ignored_layers`: {unknown} are not modules of the model; valid names: {valid}.")
     return [modules[n] for n in names]
-
-
-def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    """MACs and parameters of one forward pass (Torch-Pruning's counter, eval mode)."""
-    import torch_pruning as tp
-
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    finally:
-        model.train(was)
-    return int(macs), int(params)
 
 
 def _plain_history(history: Iterable[Any]) -> History:

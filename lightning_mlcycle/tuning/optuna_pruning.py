@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_mlcycle._errors import MLCycleError
+from lightning_mlcycle._utils import check_choice
 from lightning_mlcycle.tuning._sweep_env import SweepTrial, trial_from_environment
 
 log = logging.getLogger(__name__)
@@ -127,11 +128,7 @@ class OptunaPruning(Callback):
             )
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"Expected argument `monitor` to be a metric name, but got {monitor!r}.")
-        if step_unit not in STEP_UNITS:
-            raise ValueError(
-                f"Expected argument `step_unit` to be one of {list(STEP_UNITS)}, but got "
-                f"{step_unit!r}."
-            )
+        check_choice("step_unit", step_unit, STEP_UNITS)
         if trial is not None and len(trial.study.directions) > 1:
             raise ValueError(
                 "`trial` belongs to a multi-objective study; Optuna cannot prune those "
