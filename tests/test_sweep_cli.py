@@ -12,6 +12,7 @@ import optuna
 import pytest
 import yaml
 
+from lightning_mlcycle._errors import MLCycleError
 from lightning_mlcycle.tuning._storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -207,21 +208,39 @@ def test_killed_sweep_resumes_with_the_remaining_trials(tmp_path):
     args = ["hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=null", "trainer.max_epochs=1",
             "model.optimizer.lr=tag(log, interval(1e-3, 1e-2))"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(sweep_cmd(sweep, *args), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    storage = f"sqlite:///{sweep / 'optuna.db'}"
-    deadline = time.monotonic() + 600
+    log = tmp_path / "first_run.log"
+    db = sweep / "optuna.db"
+    storage = f"sqlite:///{db}"
+    with log.open("w") as out:
+        proc = subprocess.Popen(sweep_cmd(sweep, *args), stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    seen: dict[int, str] = {}
+
+    def why(reason: str) -> str:
+        return f"{reason}; trial states seen last: {seen}\n{log.read_text()[-5000:]}"
+
+    # poll often with one storage, opened only once the sweep made the file (never create it
+    # here): a trial of this size lasts a second or two, the RUNNING window must not be missed
+    study = None
+    deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:
-            time.sleep(1)
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(why(f"the sweep exited ({proc.returncode}) before it could be killed "
+                                "between trials"))
+            if time.monotonic() > deadline:
+                pytest.fail(why("no trial finished within 300 s"))
+            time.sleep(0.1)
             try:
-                st = states(load(storage, "digits_optuna"))
-            except KeyError:  # the study is not created yet
+                if study is None and db.exists():
+                    study = load(storage, "digits_optuna")
+                if study is not None:
+                    seen = states(study)
+            except (KeyError, MLCycleError):  # the sweep is still creating the study
+                study = None
                 continue
-            if "COMPLETE" in st.values() and "RUNNING" in st.values():
+            if "COMPLETE" in seen.values() and "RUNNING" in seen.values():
                 break
-        else:
-            pytest.fail("the first trial did not finish in time")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
