@@ -24,7 +24,9 @@ Protocol (one run, same data split, same seed, same optimizer for every row):
 3. Resume check (digits CNN): save a checkpoint after each 90% run and train one more epoch from
    it; report the sparsity after resuming.
 4. Latency: eager CPU, median of interleaved rounds (every model timed in each round), batch 1
-   and batch 32, at the training input size; resnet18 also at 3x32x32.
+   and batch 32, at the training input size; resnet18 also at 3x32x32. Then the same models
+   exported to ONNX (``export_onnx``, as ``mlcycle``'s export stage ships them) and run in ONNX
+   Runtime with the same thread count (``ort_*`` columns; ``--no-onnx`` skips them).
 
 Without ``--train-resnet`` resnet18 rows report size, MACs and latency only; accuracies are "n/a".
 Writes ``benchmarks/results/compression.json`` and prints a Markdown table.
@@ -60,6 +62,8 @@ from lightning_mlcycle.compression._report import (
     interleaved_latency,
 )
 from lightning_mlcycle.compression.structured_pruning import output_layer
+from lightning_mlcycle.export.exporters import export_onnx
+from lightning_mlcycle.export.runtimes import OnnxRuntimeRunner
 from lightning_mlcycle.models import ClassificationModule
 from lightning_mlcycle.models.zoo import SmallCNN, resnet18
 
@@ -95,6 +99,17 @@ def _sparsity(model: nn.Module) -> float:
 def _latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int, repeats: int) -> dict[str, float]:
     """Median ms per model, timed in interleaved rounds so load changes hit every model alike."""
     return interleaved_latency(models, example, rounds=rounds, repeats=repeats)
+
+
+def _ort_latency(models: dict[str, nn.Module], shape: tuple, args: argparse.Namespace, repeats: int,
+                 root: str) -> dict[int, dict[str, float]]:
+    """Median ms per model in ONNX Runtime (exported as the export stage does), batch 1 and 32."""
+    runners = {}
+    for i, (label, m) in enumerate(models.items()):
+        path = export_onnx(copy.deepcopy(m).eval(), torch.zeros(2, *shape), Path(root) / f"v{i}.onnx")
+        runners[label] = OnnxRuntimeRunner(path, threads=args.threads)
+    return {b: interleaved_latency(runners, torch.zeros(b, *shape).numpy(), rounds=args.rounds,
+                                   repeats=max(repeats // (4 if b > 1 else 1), 1)) for b in (1, 32)}
 
 
 def _structured() -> StructuredPruning:
@@ -198,6 +213,7 @@ def bench_model(name: str, build: Any, dm: DigitsDataModule, args: argparse.Name
         structured_prune(s, torch.zeros(1, 3, 32, 32), ratio=0.5)
         big["structured 50% channels"] = s
         lat_big = _latency(big, torch.zeros(1, 3, 32, 32), args.rounds, repeats)
+    ort = {} if args.no_onnx else _ort_latency(models, shape, args, repeats, root)
     for label, m in models.items():
         params, nonzero = count_params(m)
         lc = sum(p.numel() for mod in m.modules() if isinstance(mod, factor_types) for p in [mod.weight])
@@ -213,6 +229,9 @@ def bench_model(name: str, build: Any, dm: DigitsDataModule, args: argparse.Name
             "speedup_b1": round(lat1["dense"] / lat1[label], 2),
             "speedup_b32": round(lat32["dense"] / lat32[label], 2),
         }
+        for b, lat in ort.items():
+            rows[label][f"ort_b{b}_ms"] = round(lat[label], 3)
+            rows[label][f"ort_speedup_b{b}"] = round(lat["dense"] / lat[label], 2)
         if label in lat_big:
             rows[label]["latency_3x32x32_b1_ms"] = round(lat_big[label], 3)
             rows[label]["speedup_3x32x32_b1"] = round(lat_big["dense"] / lat_big[label], 2)
@@ -250,7 +269,8 @@ def _resume(trainer: pl.Trainer, dense: nn.Module, dm: DigitsDataModule, root: s
 def _table(results: dict) -> str:
     cols = ["accuracy", "accuracy_delta", "sparsity", "sparsity_after_resume", "params",
             "linear_conv_weights_vs_dense", "macs", "latency_b1_ms", "speedup_b1", "latency_b32_ms",
-            "speedup_b32", "latency_3x32x32_b1_ms", "speedup_3x32x32_b1"]
+            "speedup_b32", "latency_3x32x32_b1_ms", "speedup_3x32x32_b1", "ort_b1_ms", "ort_speedup_b1",
+            "ort_b32_ms", "ort_speedup_b32"]
     out = []
     for model, res in results["models"].items():
         rows = res["rows"]
@@ -292,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
     parser.add_argument("--repeats", type=int, default=40, help="forward passes per latency round")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="skip the ONNX Runtime latency columns")
     parser.add_argument("--train-resnet", action="store_true", help="also train resnet18 (slow on a CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -17,7 +17,7 @@ from lightning_mlcycle.compression import (
     save_pruned,
     structured_prune,
 )
-from lightning_mlcycle.compression.structured_pruning import count_macs_params
+from lightning_mlcycle.compression.structured_pruning import count_macs_params, target_widths
 from lightning_mlcycle.models import ClassificationModule
 from lightning_mlcycle.models.zoo import SmallCNN, mobilenet_v3_small, resnet18
 
@@ -281,3 +281,27 @@ def test_rounds_land_on_the_one_shot_channel_counts(tmp_path):
     widths = [m.out_channels for m in module.backbone.modules() if isinstance(m, nn.Conv2d)]
     assert widths == [m.out_channels for m in one_shot.modules() if isinstance(m, nn.Conv2d)] == [16, 32, 32]
     assert cb.state_dict()["widths"]["features.0"] == 32
+
+
+def test_round_to_keeps_the_nearest_multiple_and_never_empties_a_layer(tmp_path):
+    # Torch-Pruning's own round_to rounds down (32 channels at ratio 0.3 kept 16)
+    assert target_widths({"a": 32, "b": 24, "c": 12, "d": 6}, 0.3, round_to=8) == {
+        "a": 24, "b": 16, "c": 8, "d": 4}
+    assert target_widths({"a": 32, "b": 24, "c": 40}, 0.5, round_to=8) == {"a": 16, "b": 16, "c": 24}  # ties up
+    assert target_widths({"a": 100}, 0.999, round_to=8) == {"a": 8}  # at least one multiple
+    assert target_widths({"a": 10}, 0.999) == {"a": 1}  # never zero channels
+    net = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 54, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(54 * 16, 4))
+    structured_prune(net, torch.zeros(1, 1, 8, 8), ratio=0.3, round_to=8)
+    assert (net[0].out_channels, net[2].out_channels) == (24, 40)
+    assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+    # the callback's rounds aim at rounded shares of the unpruned widths
+    module = ClassificationModule(SmallCNN(3, (1, 8, 8), width=28), num_classes=3)
+    cb = StructuredPruning(ratio=0.3, rounds=2, every_n_epochs=1, module="backbone", round_to=8)
+    _trainer(tmp_path, 2, cb).fit(module, _loader())
+    assert [m.out_channels for m in module.backbone.modules() if isinstance(m, nn.Conv2d)] == [16, 40, 40]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="`round_to` must be a positive integer or None"):
+            StructuredPruning(ratio=0.5, round_to=bad)
+    with pytest.raises(ValueError, match="`round_to` must be a positive integer or None"):
+        structured_prune(nn.Linear(4, 2), torch.zeros(1, 4), ratio=0.5, round_to=-8)

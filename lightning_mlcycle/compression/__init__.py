@@ -55,6 +55,7 @@ from lightning_mlcycle.compression.structured_pruning import (
     load_pruned,
     save_pruned,
     structured_prune,
+    target_widths,
 )
 
 __all__: list[str] = [
@@ -99,4 +100,5 @@ __all__: list[str] = [
     "sign_ste",
     "sparsity_stats",
     "structured_prune",
+    "target_widths",
 ]
