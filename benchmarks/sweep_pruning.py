@@ -6,7 +6,8 @@ reports every epoch (that is how its epochs are counted) but never stops a trial
 uses the config's pruner as a user gets it (successive halving, steps in training samples).
 Epochs trained = validations reported (one per epoch). ``--arms`` adds diagnostic arms: the
 session-1 setting (MedianPruner, 20 warm-up optimizer steps, steps = global step) and the same
-MedianPruner with steps in samples (warm-up: one epoch).
+MedianPruner with steps in samples (warm-up: one epoch), and Optuna's HyperbandPruner (brackets
+of successive halving, ``max_resource`` from the first finished trial).
 
     python benchmarks/sweep_pruning.py            # 20 trials x 8 epochs per arm, 2 seeds
     python benchmarks/sweep_pruning.py --n-trials 8 --epochs 4 --repeats 1   # quick look
@@ -44,6 +45,10 @@ ARMS = {
                        ["hydra.sweeper.pruner=null",
                         "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,"
                         "n_startup_trials:3,n_warmup_steps:1200}"]),
+    "hyperband": ("HyperbandPruner, eta=3, min 1200 samples, max auto, steps in samples",
+                  ["hydra.sweeper.pruner=null",
+                   "hydra.sweeper.pruner={_target_:optuna.pruners.HyperbandPruner,"
+                   "min_resource:1200,max_resource:auto,reduction_factor:3}"]),
 }
 
 

@@ -197,7 +197,7 @@ def target_widths(widths: Mapping[str, int], ratio: float, round_to: int | None 
     layer's width; a layer no wider than ``round_to`` keeps the plain count. (Torch-Pruning's own
     ``round_to`` rounds down: 32 channels at ratio 0.3 kept 16, and a small layer could vanish.)
     Vectorized CPU kernels want such counts: in ONNX Runtime on an AVX2 CPU the digits CNN at width
-    27 ran 1.5x slower than at width 32 (benchmarks/compression.md).
+    27 ran 1.4x slower than at width 32 (benchmarks/compression.md).
 
     Example:
         >>> target_widths({"a": 32, "b": 64, "c": 6}, 0.3, round_to=8)
