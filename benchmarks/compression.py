@@ -96,11 +96,6 @@ def _sparsity(model: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in ws) / total
 
 
-def _latency(models: dict[str, nn.Module], example: torch.Tensor, rounds: int, repeats: int) -> dict[str, float]:
-    """Median ms per model, timed in interleaved rounds so load changes hit every model alike."""
-    return interleaved_latency(models, example, rounds=rounds, repeats=repeats)
-
-
 def _ort_latency(models: dict[str, nn.Module], shape: tuple, args: argparse.Namespace, repeats: int,
                  root: str) -> dict[int, dict[str, float]]:
     """Median ms per model in ONNX Runtime (exported as the export stage does), batch 1 and 32."""
@@ -204,15 +199,16 @@ def bench_model(name: str, build: Any, dm: DigitsDataModule, args: argparse.Name
     dense_lc = sum(m.weight.numel() for m in dense.backbone.modules() if isinstance(m, factor_types))
     # resnet18 is ~20x the CNN's cost per pass: fewer passes per round keep the run short
     repeats = max(args.repeats // 4, 1) if resnet else args.repeats
-    lat1 = _latency(models, example, args.rounds, repeats)
-    lat32 = _latency(models, torch.zeros(32, *shape), args.rounds, max(repeats // 4, 1))
+    lat1 = interleaved_latency(models, example, rounds=args.rounds, repeats=repeats)
+    lat32 = interleaved_latency(models, torch.zeros(32, *shape), rounds=args.rounds,
+                                repeats=max(repeats // 4, 1))
     lat_big: dict[str, float] = {}
     if name == "resnet18":  # the usual CIFAR-size input, same models rebuilt for 3 channels
         big = {"dense": resnet18(10, (3, 32, 32))}
         s = copy.deepcopy(big["dense"]).eval()
         structured_prune(s, torch.zeros(1, 3, 32, 32), ratio=0.5)
         big["structured 50% channels"] = s
-        lat_big = _latency(big, torch.zeros(1, 3, 32, 32), args.rounds, repeats)
+        lat_big = interleaved_latency(big, torch.zeros(1, 3, 32, 32), rounds=args.rounds, repeats=repeats)
     ort = {} if args.no_onnx else _ort_latency(models, shape, args, repeats, root)
     for label, m in models.items():
         params, nonzero = count_params(m)

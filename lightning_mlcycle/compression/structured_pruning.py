@@ -32,6 +32,7 @@ from typing_extensions import override
 from lightning_mlcycle._errors import MLCycleError
 from lightning_mlcycle._utils import check_choice, check_fraction
 from lightning_mlcycle.compression._report import count_macs_params
+from lightning_mlcycle.compression._surgery import load_recipe_file, submodule
 
 log = logging.getLogger(__name__)
 
@@ -252,17 +253,16 @@ def prune_round(
             check_fraction("ratio", ratio)
             if ratio == 0:
                 return []
-            tp_round_to = round_to
-            if round_to and not global_pruning and keep_channels is None:
-                # our nearest-multiple rounding, not Torch-Pruning's rounding down
-                keep_channels = target_widths(layer_widths(model), ratio, round_to)
-            if keep_channels and not global_pruning:
-                ratio_dict, tp_round_to = _ratio_dict(model, keep_channels), None
-            else:
-                ratio_dict = None
+            ratio_dict = None
+            if not global_pruning:
+                if keep_channels is None and round_to:
+                    # our nearest-multiple rounding, not Torch-Pruning's rounding down
+                    keep_channels = target_widths(layer_widths(model), ratio, round_to)
+                if keep_channels:
+                    ratio_dict = _ratio_dict(model, keep_channels)
             pruner = _build_pruner(model, example_inputs, ratio=ratio, importance=importance,
                                    iterative_steps=1, ignored=ignored, global_pruning=global_pruning,
-                                   round_to=tp_round_to, ratio_dict=ratio_dict)
+                                   round_to=None if ratio_dict else round_to, ratio_dict=ratio_dict)
             if importance == "taylor":
                 _taylor_grads(model, batches, loss_fn, taylor_batches)
             pruner.step()
@@ -397,8 +397,6 @@ def load_pruned(path: str | os.PathLike[str], model: nn.Module | None = None) ->
             saved Hydra config.
     """
     import torch_pruning as tp
-
-    from lightning_mlcycle.compression._surgery import load_recipe_file
 
     payload, model = load_recipe_file(path, _FORMAT, "save_pruned", model)
     model.eval()
@@ -538,13 +536,17 @@ class StructuredPruning(Callback):
         k = (epoch - self.start_epoch) // self.every_n_epochs + 1
         return k if self.rounds_done < k <= self.rounds else None
 
+    def round_epoch(self, k: int) -> int:
+        """The epoch at whose start round ``k`` (1-based) prunes."""
+        return self.start_epoch + (k - 1) * self.every_n_epochs
+
     def segment_epochs(self, k: int, max_epochs: int | None) -> tuple[int, int | None]:
         """First and end (exclusive) epoch of the fine-tuning segment after round ``k``.
 
         The segment ends at the next round, or at ``max_epochs`` after the last round (None when
         the fit has no epoch limit).
         """
-        first = self.start_epoch + (k - 1) * self.every_n_epochs
+        first = self.round_epoch(k)
         if k < self.rounds:
             return first, first + self.every_n_epochs
         return first, max_epochs if max_epochs is not None and max_epochs > 0 else None
@@ -574,8 +576,6 @@ class StructuredPruning(Callback):
 
     def target(self, pl_module: pl.LightningModule) -> nn.Module:
         """The module that is pruned."""
-        from lightning_mlcycle.compression._surgery import submodule
-
         return submodule(pl_module, self.module)
 
     def _example(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
@@ -627,7 +627,7 @@ class StructuredPruning(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = self.start_epoch + (self.rounds - 1) * self.every_n_epochs
+        last = self.round_epoch(self.rounds)
         if trainer.max_epochs is not None and 0 < trainer.max_epochs <= last and self.rounds_done < self.rounds:
             log.warning("StructuredPruning: the last of %d rounds is at epoch %d but max_epochs=%d: the "
                         "model will not reach the target; raise max_epochs or lower rounds/every_n_epochs.",

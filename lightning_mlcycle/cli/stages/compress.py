@@ -151,7 +151,7 @@ def compress_check_stage(ctx: RunContext) -> None:
             raise MLCycleError(f"`{node}.fine_tune_epochs` must be an integer >= 1 (the transform runs in "
                                f"the first epoch), but got {epochs!r}.")
         if isinstance(cb, StructuredPruning):
-            last = cb.start_epoch + (cb.rounds - 1) * cb.every_n_epochs
+            last = cb.round_epoch(cb.rounds)
             if last >= epochs:  # the fine-tune would end before the target ratio is reached
                 raise MLCycleError(f"`{node}.fine_tune_epochs` must exceed the epoch of the last pruning "
                                    f"round: the last of {cb.rounds} rounds is at epoch {last} (start_epoch + "
